@@ -1,0 +1,440 @@
+"""Mask R-CNN (torchvision) as a pipeline stage: BGR frames in, ``Detections`` out.
+
+What the model sees: each frame is resized here (OpenCV, bilinear, as torchvision does) so its
+short side is ``seg_size`` (long side at most ``seg_size * 1333 / 800``), converted to RGB and
+to float by the weights' own transform, and normalized inside the model. The model's own
+resize and mask pasting are switched off (``_NoResizeTransform``): it returns boxes in the
+resized image and 28x28 mask probabilities, and ``paste_masks`` draws only the kept
+detections straight at the output size (the frame, or ``draw_size``). Pasting every one of
+torchvision's up-to-100 masks as float images at full resolution is what makes its own
+postprocess slow; here the threshold, class filter and ``max_detections`` apply first.
+
+``seg_size`` default (``None``): 512 on a CPU, 800 (torchvision's training size) on a GPU.
+``seg_size=0`` feeds frames at their own size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from streamcap.errors import BadInputError
+from streamcap.types import Detections, Frame
+from streamcap.weights import SEGMENTER_WEIGHTS, get_weights_entry, resolve_segmenter_weights
+
+log = logging.getLogger(__name__)
+
+CPU_SEG_SIZE = 512  # default short side on a CPU: about 4x cheaper than 800, still finds people
+GPU_SEG_SIZE = 800  # torchvision's training resolution
+MAX_SIZE_RATIO = 1333 / 800  # torchvision's long-side cap relative to the short side
+GPU_BATCH = 4
+
+
+def category_names(model: str = "v1") -> list[str]:
+    """The model's category list (index = label id), from the torchvision weights enum."""
+    return list(get_weights_entry(model).meta["categories"])
+
+
+def valid_class_names(model: str = "v1") -> list[str]:
+    """Category names a user may filter by (no '__background__' or 'N/A' placeholders)."""
+    return [c for c in category_names(model) if c not in ("__background__", "N/A")]
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Everything that decides what the segmenter finds and how fast (frozen, hashable).
+
+    model            "v1" (maskrcnn_resnet50_fpn, default) or "v2" (maskrcnn_resnet50_fpn_v2)
+    weights          None: hub cache, else download; a state-dict path; or "random" (untrained)
+    score_threshold  keep detections scoring at least this (0..1)
+    mask_threshold   a mask pixel is set where the mask probability is above this (0..1)
+    classes          keep only these category names (e.g. ("person", "car")); None keeps all
+    seg_size         short side the model sees; None: 512 on CPU, 800 on GPU; 0: frame size
+    draw_size        (w, h) to paste masks at instead of the frame size (boxes stay in frame px)
+    device           "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+    max_detections   at most this many detections per frame, best first
+    batch            frames per model call; None: 1 on CPU, 4 on GPU
+    fp16             float16 autocast on CUDA (ignored on CPU)
+    channels_last    channels-last memory format (can help on GPU)
+    threads          torch CPU threads while the segmenter runs (restored after); None: unchanged
+    masks            paste masks (False: boxes only, ``Detections.masks`` is None)
+    seed             seed for ``weights="random"`` (the global RNG is left untouched)
+    download         allow downloading weights when they are not cached
+    """
+
+    model: str = "v1"
+    weights: str | None = None
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    classes: tuple[str, ...] | None = None
+    seg_size: int | None = None
+    draw_size: tuple[int, int] | None = None
+    device: str = "auto"
+    max_detections: int = 100
+    batch: int | None = None
+    fp16: bool = True
+    channels_last: bool = False
+    threads: int | None = None
+    masks: bool = True
+    seed: int = 0
+    download: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model not in SEGMENTER_WEIGHTS:
+            raise BadInputError(f"Unknown --seg-model {self.model!r}; choose one of: {', '.join(SEGMENTER_WEIGHTS)}")
+        if self.weights is not None:
+            object.__setattr__(self, "weights", str(self.weights))
+        for name in ("score_threshold", "mask_threshold"):
+            v = getattr(self, name)
+            if not 0.0 <= float(v) <= 1.0:
+                raise BadInputError(f"--{name.replace('_', '-')} must be between 0 and 1, got {v}")
+        if self.seg_size is not None and (self.seg_size != 0 and self.seg_size < 32):
+            raise BadInputError(f"--seg-size must be at least 32 (or 0 for the frame size), got {self.seg_size}")
+        if self.max_detections < 1:
+            raise BadInputError(f"--max-detections must be at least 1, got {self.max_detections}")
+        if self.batch is not None and self.batch < 1:
+            raise BadInputError(f"batch must be at least 1, got {self.batch}")
+        if self.threads is not None and self.threads < 1:
+            raise BadInputError(f"threads must be at least 1, got {self.threads}")
+        if self.draw_size is not None:
+            w, h = (int(v) for v in self.draw_size)
+            if w < 1 or h < 1:
+                raise BadInputError(f"draw_size must be positive (w, h), got {self.draw_size}")
+            object.__setattr__(self, "draw_size", (w, h))
+        if self.classes is not None:
+            classes = self.classes
+            if isinstance(classes, str):
+                classes = classes.split(",")
+            wanted = tuple(c.strip() for c in classes if c.strip())
+            valid = valid_class_names(self.model)
+            by_lower = {c.lower(): c for c in valid}
+            unknown = [c for c in wanted if c.lower() not in by_lower]
+            if unknown:
+                raise BadInputError(
+                    f"Unknown class name(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(valid)}"
+                )
+            object.__setattr__(self, "classes", tuple(by_lower[c.lower()] for c in wanted) or None)
+        if self.device != "auto":
+            try:
+                dev = torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise BadInputError(f"Unknown --device {self.device!r}; use auto, cpu, cuda or cuda:N") from None
+            if dev.type not in ("cpu", "cuda"):
+                raise BadInputError(f"Unsupported --device {self.device!r}; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; a CUDA device that is not there is bad input."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BadInputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
+
+
+class _NoResizeTransform(GeneralizedRCNNTransform):
+    """torchvision's transform minus resize and mask pasting: the segmenter does both itself."""
+
+    def resize(self, image, target=None):  # type: ignore[override]
+        return image, target
+
+    def postprocess(self, result, image_shapes, original_image_sizes):  # type: ignore[override]
+        return result  # boxes in the model input's pixels, masks (N, 1, 28, 28) probabilities
+
+
+def _build_model(model: str) -> torch.nn.Module:
+    """The torchvision architecture exactly as its COCO weights expect, without any download."""
+    from torchvision.models.detection import mask_rcnn
+
+    if model == "v1":
+        # As maskrcnn_resnet50_fpn(weights=COCO_V1) builds it: frozen BN, eps 0.
+        from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+        from torchvision.models.resnet import resnet50
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        backbone = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+        net = mask_rcnn.MaskRCNN(_resnet_fpn_extractor(backbone, 3), num_classes=91)
+        for module in net.modules():  # torchvision's overwrite_eps(model, 0.0) for COCO_V1
+            if isinstance(module, FrozenBatchNorm2d):
+                module.eps = 0.0
+    else:
+        net = mask_rcnn.maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91)
+    t = net.transform
+    net.transform = _NoResizeTransform(
+        t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible
+    )
+    return net
+
+
+def _load_state(net: torch.nn.Module, state: Any, where: str) -> None:
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = str(err).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:4]) or first[0]
+        raise BadInputError(f"Weights {where} do not fit this Mask R-CNN: {detail}") from None
+    missing, unexpected = result.missing_keys, result.unexpected_keys
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise BadInputError(f"Weights {where} do not fit this Mask R-CNN: {', '.join(parts)}")
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Use n intra-op CPU threads inside the block, and restore the previous count after."""
+    if n is None:
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def input_size(h: int, w: int, seg_size: int) -> tuple[int, int]:
+    """(h, w) the model sees: short side seg_size, long side at most seg_size * 1333 / 800."""
+    if seg_size == 0:
+        return h, w
+    scale = seg_size / min(h, w)
+    max_size = round(seg_size * MAX_SIZE_RATIO)
+    if max(h, w) * scale > max_size:
+        scale = max_size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def paste_masks(
+    probs: np.ndarray, boxes: np.ndarray, out_hw: tuple[int, int], threshold: float = 0.5
+) -> np.ndarray:
+    """(N, M, M) mask probabilities in their boxes -> (N, H, W) bool masks of the output image.
+
+    Same geometry as torchvision's ``paste_masks_in_image`` (1-pixel zero padding, boxes grown
+    by (M+2)/M and truncated to ints, bilinear resize with half-pixel centres), but with
+    OpenCV on the box region only, thresholded straight to bool: no (N, H, W) float images.
+    ``boxes`` (N, 4) xyxy in output pixels.
+    """
+    h_img, w_img = out_hw
+    n = len(probs)
+    out = np.zeros((n, h_img, w_img), dtype=bool)
+    if n == 0:
+        return out
+    m = probs.shape[-1]
+    scale = (m + 2) / m
+    padded = np.pad(probs.astype(np.float32, copy=False), ((0, 0), (1, 1), (1, 1)))  # (N, M+2, M+2)
+    cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
+    cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
+    hw = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    hh = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    grown = np.stack([cx - hw, cy - hh, cx + hw, cy + hh], axis=1).astype(np.int64)  # trunc like .to(int64)
+    for i in range(n):
+        x0, y0, x1, y1 = (int(v) for v in grown[i])
+        w = max(x1 - x0 + 1, 1)
+        h = max(y1 - y0 + 1, 1)
+        xa, xb = max(x0, 0), min(x1 + 1, w_img)
+        ya, yb = max(y0, 0), min(y1 + 1, h_img)
+        if xa >= xb or ya >= yb:
+            continue
+        resized = cv2.resize(padded[i], (w, h), interpolation=cv2.INTER_LINEAR)  # (h, w)
+        out[i, ya:yb, xa:xb] = resized[ya - y0 : yb - y0, xa - x0 : xb - x0] > threshold
+    return out
+
+
+class Segmenter:
+    """An ``InferenceStage``: ``segmenter(frames) -> list[Detections]``, one per frame, in order.
+
+    ``timings`` accumulates seconds per phase ("preprocess", "model", "paste") and
+    ``timings["counts"]`` = {"frames", "batches", "detections"}; ``reset_timings()`` clears.
+    ``random_weights`` is True for an untrained model; ``weights_source`` says where weights came
+    from ("file", "cache", "download", "random", "custom").
+    """
+
+    name = "segment"
+
+    def __init__(
+        self,
+        config: SegmenterConfig,
+        model: Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]],
+        *,
+        device: torch.device | str = "cpu",
+        random_weights: bool = False,
+        weights_source: str = "custom",
+        weights_path: str | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.device = torch.device(device)
+        self.random_weights = random_weights
+        self.weights_source = weights_source
+        self.weights_path = weights_path
+        self.names: list[str] = category_names(config.model)
+        self._to_float = get_weights_entry(config.model).transforms()  # ObjectDetection: uint8 -> [0, 1]
+        on_gpu = self.device.type == "cuda"
+        self.seg_size = config.seg_size if config.seg_size is not None else (GPU_SEG_SIZE if on_gpu else CPU_SEG_SIZE)
+        self.batch_size = config.batch or (GPU_BATCH if on_gpu else 1)
+        self._class_ids = (
+            None if config.classes is None else np.array([self.names.index(c) for c in config.classes], np.int64)
+        )
+        self.timings: dict[str, Any] = {}
+        self.reset_timings()
+
+    def reset_timings(self) -> None:
+        self.timings = {
+            "preprocess": 0.0,
+            "model": 0.0,
+            "paste": 0.0,
+            "counts": {"frames": 0, "batches": 0, "detections": 0},
+        }
+
+    def describe(self) -> str:
+        """One line for logs: model, weights, device, sizes."""
+        w = "RANDOM (untrained) weights" if self.random_weights else f"weights from {self.weights_source}"
+        if self.weights_path:
+            w += f" ({self.weights_path})"
+        return (
+            f"Mask R-CNN {self.config.model}, {w}, device {self.device}, seg size {self.seg_size or 'frame'}, "
+            f"batch {self.batch_size}"
+        )
+
+    # -- public entry points -------------------------------------------------------------
+    def __call__(self, frames: Sequence[Frame]) -> list[Detections]:
+        return self.segment_images([f.image for f in frames])
+
+    def segment_images(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """BGR uint8 (H, W, 3) images -> one ``Detections`` per image."""
+        out: list[Detections] = []
+        with _torch_threads(self.config.threads):
+            for start in range(0, len(images), self.batch_size):
+                out.extend(self._run_batch(images[start : start + self.batch_size]))
+        return out
+
+    # -- phases ------------------------------------------------------------------------------
+    def _preprocess(self, image: np.ndarray) -> torch.Tensor:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected a BGR uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+        h, w = image.shape[:2]
+        ih, iw = input_size(h, w, self.seg_size)
+        if (ih, iw) != (h, w):
+            image = cv2.resize(image, (iw, ih), interpolation=cv2.INTER_LINEAR)
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # (ih, iw, 3) uint8
+        t = torch.from_numpy(rgb)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        t = t.permute(2, 0, 1)  # (3, ih, iw)
+        return self._to_float(t)  # float32 in [0, 1], normalized inside the model
+
+    def _forward(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        with torch.inference_mode():
+            if self.config.channels_last:
+                tensors = [t.contiguous(memory_format=torch.channels_last) for t in tensors]
+            use_amp = self.config.fp16 and self.device.type == "cuda"
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp) if use_amp else contextlib.nullcontext():
+                outputs = self.model(tensors)
+            # to the CPU at the edge: boxes (N, 4), scores (N,), labels (N,), masks (N, 1, 28, 28)
+            return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
+
+    def _run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        t0 = time.perf_counter()
+        tensors = [self._preprocess(im) for im in images]
+        t1 = time.perf_counter()
+        outputs = self._forward(tensors)  # .cpu() synchronizes with the GPU
+        t2 = time.perf_counter()
+        results = [
+            self._postprocess(o, tuple(t.shape[-2:]), im.shape[:2]) for o, t, im in zip(outputs, tensors, images)
+        ]
+        t3 = time.perf_counter()
+        tm = self.timings
+        tm["preprocess"] += t1 - t0
+        tm["model"] += t2 - t1
+        tm["paste"] += t3 - t2
+        tm["counts"]["frames"] += len(images)
+        tm["counts"]["batches"] += 1
+        tm["counts"]["detections"] += sum(len(r) for r in results)
+        return results
+
+    def _postprocess(
+        self, out: dict[str, torch.Tensor], in_hw: tuple[int, int], frame_hw: tuple[int, int]
+    ) -> Detections:
+        """Model output in input pixels -> filtered ``Detections`` in frame pixels, masks pasted."""
+        cfg = self.config
+        fh, fw = frame_hw
+        ow, oh = cfg.draw_size if cfg.draw_size is not None else (fw, fh)
+        scores = out["scores"].numpy().astype(np.float32)
+        labels = out["labels"].numpy().astype(np.int64)
+        boxes = out["boxes"].numpy().astype(np.float32).reshape(-1, 4)
+        keep = scores >= cfg.score_threshold
+        if self._class_ids is not None:
+            keep &= np.isin(labels, self._class_ids)
+        idx = np.flatnonzero(keep)
+        idx = idx[np.argsort(-scores[idx], kind="stable")][: cfg.max_detections]
+        ih, iw = in_hw
+        sx, sy = fw / iw, fh / ih
+        fboxes = boxes[idx] * np.array([sx, sy, sx, sy], np.float32)
+        fboxes[:, 0::2] = fboxes[:, 0::2].clip(0, fw)
+        fboxes[:, 1::2] = fboxes[:, 1::2].clip(0, fh)
+        masks = None
+        if cfg.masks and "masks" in out:
+            probs = out["masks"].numpy()[idx, 0]  # (K, 28, 28)
+            mboxes = boxes[idx] * np.array([ow / iw, oh / ih, ow / iw, oh / ih], np.float32)
+            masks = paste_masks(probs, mboxes, (oh, ow), cfg.mask_threshold)
+        return Detections(boxes=fboxes, scores=scores[idx], labels=labels[idx], names=self.names, masks=masks)
+
+
+def build_segmenter(config: SegmenterConfig | None = None, **options: Any) -> Segmenter:
+    """Build the Mask R-CNN stage: resolve weights (path, cache, download or random), load, eval.
+
+    ``build_segmenter(SegmenterConfig(seg_size=384))`` or ``build_segmenter(seg_size=384)``.
+    Raises BadInputError for unreadable or mismatched weights and for the offline case.
+    Changes nothing global: the random init runs under a forked RNG.
+    """
+    if config is None:
+        config = SegmenterConfig(**options)
+    elif options:
+        from dataclasses import replace
+
+        config = replace(config, **options)
+    device = resolve_device(config.device)
+    resolved = resolve_segmenter_weights(config.model, config.weights, download=config.download)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = _build_model(config.model)
+    if resolved.state_dict is not None:
+        _load_state(net, resolved.state_dict, str(resolved.path))
+    else:
+        log.warning(
+            "Using an untrained Mask R-CNN %s (--seg-weights random, seed %d): detections are meaningless.",
+            config.model,
+            config.seed,
+        )
+    net.eval()
+    rh = net.roi_heads
+    rh.score_thresh = config.score_threshold  # the model drops low scores before its mask head
+    # With a class filter, let the model keep more so that filtering does not starve the result.
+    rh.detections_per_img = config.max_detections if config.classes is None else max(config.max_detections, 100)
+    net.to(device)
+    if config.channels_last:
+        net.to(memory_format=torch.channels_last)
+    return Segmenter(
+        config,
+        net,
+        device=device,
+        random_weights=resolved.source == "random",
+        weights_source=resolved.source,
+        weights_path=None if resolved.path is None else str(resolved.path),
+    )
