@@ -1,0 +1,137 @@
+"""Caption hysteresis and scheduling for live video (pure Python: no torch, no cv2).
+
+The model re-words the same scene from frame to frame ("a man walks down the street" /
+"a man is walking on a street"); showing every raw caption flickers. ``CaptionSmoother``
+changes the shown text only when a different caption is confirmed over ``confirm_runs``
+consecutive runs, or at once when it differs strongly and the model is confident.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Words that carry no scene content: rewordings differ mostly in these.
+STOP_WORDS = frozenset(
+    "a an the is are was were be being been of in on at to into onto with and or by for from "
+    "its his her their some two three while near down up over under through there it this that "
+    "other another each one".split())
+
+_WORD = re.compile(r"[^\W_]+")
+
+
+def content_words(text: str) -> frozenset[str]:
+    words = (w for w in _WORD.findall(text.lower()) if w not in STOP_WORDS)
+    return frozenset(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+                     for w in words)  # crude plural folding: dogs ~ dog
+
+
+def similarity(a: str, b: str) -> float:
+    """Jaccard similarity of content words, 1.0 for two captions without content words."""
+    wa, wb = content_words(a), content_words(b)
+    if not wa and not wb:
+        return 1.0
+    return len(wa & wb) / len(wa | wb)
+
+
+class CaptionSmoother:
+    """Hysteresis on captions: ``update(raw_text, score, t_s) -> (shown_text, changed)``.
+
+    - A raw caption similar to the shown one (similarity >= ``same_threshold``) keeps it.
+    - A different caption becomes a candidate; similar candidates in a row count up, and at
+      ``confirm_runs`` the best-scored wording among them is shown.
+    - A caption very different from the shown one (similarity <= ``hard_threshold``) with
+      score >= ``confident_score`` is shown at once (hard cuts), if the shown caption has
+      been up for at least ``min_hold_s`` seconds. ``confident_score=None`` disables this.
+    """
+
+    def __init__(self, confirm_runs: int = 2, same_threshold: float = 0.5,
+                 hard_threshold: float = 0.1, confident_score: float | None = -0.6,
+                 min_hold_s: float = 0.0) -> None:
+        if confirm_runs < 1:
+            raise ValueError("confirm_runs must be at least 1")
+        self.confirm_runs = confirm_runs
+        self.same_threshold = same_threshold
+        self.hard_threshold = hard_threshold
+        self.confident_score = confident_score
+        self.min_hold_s = min_hold_s
+        self.reset()
+
+    def reset(self) -> None:
+        self.shown: str | None = None
+        self.shown_since: float = 0.0
+        self._cand: str | None = None
+        self._cand_best: tuple[float, str] = (float("-inf"), "")
+        self._cand_count = 0
+        self.changes = 0
+
+    @property
+    def pending(self) -> tuple[str | None, int]:
+        """(candidate text, how many runs confirmed it so far)."""
+        return self._cand, self._cand_count
+
+    def _show(self, text: str, t_s: float) -> tuple[str, bool]:
+        self.shown, self.shown_since = text, t_s
+        self._cand, self._cand_count, self._cand_best = None, 0, (float("-inf"), "")
+        self.changes += 1
+        return text, True
+
+    def update(self, raw_text: str, score: float, t_s: float) -> tuple[str, bool]:
+        raw_text = raw_text.strip()
+        if self.shown is None:
+            if not raw_text:
+                return "", False
+            return self._show(raw_text, t_s)
+        if not raw_text:
+            return self.shown, False
+        sim_shown = similarity(raw_text, self.shown)
+        if sim_shown >= self.same_threshold:  # a rewording of what is shown
+            self._cand, self._cand_count = None, 0
+            self._cand_best = (float("-inf"), "")
+            return self.shown, False
+        if self._cand is not None and similarity(raw_text, self._cand) >= self.same_threshold:
+            self._cand_count += 1
+        else:
+            self._cand, self._cand_count = raw_text, 1
+            self._cand_best = (float("-inf"), "")
+        if score > self._cand_best[0]:
+            self._cand_best = (score, raw_text)
+        hard = (self.confident_score is not None and sim_shown <= self.hard_threshold
+                and score >= self.confident_score and t_s - self.shown_since >= self.min_hold_s)
+        if self._cand_count >= self.confirm_runs or hard:
+            return self._show(self._cand_best[1], t_s)
+        return self.shown, False
+
+
+class CaptionSchedule:
+    """When to caption: every N frames and/or every T seconds of stream time (either fires).
+
+    Counts from the last frame that was due, so dropped frames (live sources) never make it
+    skip a turn. Neither set: every frame. Time or index going backwards (a restarted
+    source) is due at once.
+    """
+
+    def __init__(self, every_n_frames: int | None = None, interval_s: float | None = None) -> None:
+        if every_n_frames is not None and every_n_frames < 1:
+            raise ValueError("every_n_frames must be at least 1")
+        if interval_s is not None and interval_s < 0:
+            raise ValueError("interval_s must not be negative")
+        self.every_n_frames, self.interval_s = every_n_frames, interval_s
+        self.reset()
+
+    def reset(self) -> None:
+        self._last_index: int | None = None
+        self._last_t: float | None = None
+
+    def due(self, frame_index: int, t_s: float) -> bool:
+        if self._last_index is None or frame_index < self._last_index or t_s < self._last_t:
+            fire = True
+        elif self.every_n_frames is None and self.interval_s is None:
+            fire = frame_index != self._last_index
+        else:
+            fire = ((self.every_n_frames is not None
+                     and frame_index - self._last_index >= self.every_n_frames)
+                    or (self.interval_s is not None
+                        and t_s - self._last_t >= self.interval_s - 1e-9))
+        if fire:
+            self._last_index, self._last_t = frame_index, t_s
+        return fire
