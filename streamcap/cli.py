@@ -1,10 +1,19 @@
-"""The Typer app: parses options into config objects and calls one function per command."""
+"""The Typer app: parses options into a Job and calls one function; no logic of its own."""
 
 from __future__ import annotations
 
 import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+from rich.console import Console
+
+from streamcap.capture import SourceConfig
+from streamcap.errors import EXIT_INTERNAL, StreamcapError
+from streamcap.pipeline import PipelineConfig
 
 app = typer.Typer(
     name="streamcap",
@@ -12,10 +21,242 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
 
+err_console = Console(stderr=True)
+
+# -- shared options ------------------------------------------------------------------------------
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the annotated video here (MP4).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
+Codec = Annotated[str, typer.Option("--codec", help="auto (H.264 via PyAV, else mp4v) | h264 | mp4v.")]
+LogFile = Annotated[Optional[Path], typer.Option("--log", help="Append JSONL records here (schema in README).")]
+LogEvery = Annotated[int, typer.Option("--log-every", min=0, help="A frame record every N processed frames (0: none).")]
+LogMasks = Annotated[bool, typer.Option("--log-masks", help="Add COCO RLE masks to frame records.")]
+Stride = Annotated[int, typer.Option("--stride", min=1, help="Take every Nth frame (others are grabbed, not decoded).")]
+Drop = Annotated[Optional[str], typer.Option("--drop", help="latest (live default: newest frame wins) | block (file default: lose nothing).")]
+QueueSize = Annotated[int, typer.Option("--queue-size", min=1, help="Frames buffered between capture and inference.")]
+Transport = Annotated[Optional[str], typer.Option("--rtsp-transport", help="tcp | udp for RTSP sources.")]
+MaxRetries = Annotated[Optional[int], typer.Option("--max-retries", min=0, help="Give up on a live source after N failed connects (default: retry forever).")]
+OpenTimeout = Annotated[float, typer.Option("--open-timeout", help="Seconds to wait for a stream to open.")]
+ReadTimeout = Annotated[float, typer.Option("--read-timeout", help="Seconds a stream read may block.")]
+Watchdog = Annotated[float, typer.Option("--watchdog", help="Reconnect a live source silent for this many seconds.")]
+Show = Annotated[bool, typer.Option("--show", help="Show a window (needs a display).")]
+Stats = Annotated[bool, typer.Option("--stats", help="Show live statistics (fps, drops, queues, latency).")]
+Hud = Annotated[bool, typer.Option("--hud", help="Draw the statistics onto the frames.")]
+StatsInterval = Annotated[float, typer.Option("--stats-interval", help="Seconds between stats records in the log (0: none).")]
+OnError = Annotated[str, typer.Option("--on-stage-error", help="skip (count the frame, stop after 5 in a row) | stop.")]
+NoSegment = Annotated[bool, typer.Option("--no-segment", help="Run without the segmenter.")]
+SegModel = Annotated[str, typer.Option("--seg-model", help="v1 (maskrcnn_resnet50_fpn) | v2 (maskrcnn_resnet50_fpn_v2).")]
+SegWeights = Annotated[Optional[str], typer.Option("--seg-weights", help="State dict file, or 'random' (untrained, for tests and benchmarks).")]
+SegSize = Annotated[Optional[int], typer.Option("--seg-size", help="Short side the model sees (default: full size on GPU, 512 on CPU).")]
+Score = Annotated[float, typer.Option("--score-threshold", help="Keep detections scoring at least this.")]
+MaskThr = Annotated[float, typer.Option("--mask-threshold", help="Mask probability threshold.")]
+Classes = Annotated[Optional[str], typer.Option("--classes", help="Comma-separated COCO class names to keep, e.g. person,car.")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+MaxDet = Annotated[int, typer.Option("--max-detections", min=1, help="At most this many objects per frame.")]
+Batch = Annotated[int, typer.Option("--batch", min=1, help="Frames per model call (GPU).")]
+NoCaption = Annotated[bool, typer.Option("--no-caption", help="Run without scene captions.")]
+CapModel = Annotated[Optional[Path], typer.Option("--caption-model", help="Caption checkpoint (default: the bundled model).")]
+CapEvery = Annotated[Optional[int], typer.Option("--caption-every", min=1, help="Caption every N processed frames.")]
+CapInterval = Annotated[Optional[float], typer.Option("--caption-interval", help="Caption every T seconds of stream time (default 2.0).")]
+Beam = Annotated[int, typer.Option("--beam", min=1, help="Beam width for captions.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log source events and warnings to stderr.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    root = logging.getLogger("streamcap")
+    if not root.handlers:
+        handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _seg_options(no_segment, seg_model, seg_weights, seg_size, score, mask_thr, classes, device, max_det, batch):
+    if no_segment:
+        return None
+    return dict(model=seg_model, weights=seg_weights, seg_size=seg_size, score_threshold=score,
+                mask_threshold=mask_thr, classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else (),
+                device=device, max_detections=max_det, batch=batch)
+
+
+def _caption_options(no_caption, model, every, interval, beam, device):
+    if no_caption:
+        return None
+    if every is None and interval is None:
+        interval = 2.0
+    return dict(model=str(model) if model else None, every=every, interval=interval, beam=beam, device=device)
+
+
+def _run(job) -> None:
+    from streamcap.runner import run_job
+
+    summary = run_job(job, console=err_console)
+    fps = summary.written / summary.elapsed_s if summary.elapsed_s else 0.0
+    parts = [f"{summary.written} frames written in {summary.elapsed_s:.1f}s ({fps:.1f} fps)",
+             f"{summary.dropped} dropped"]
+    if summary.stage_errors:
+        parts.append(f"{summary.stage_errors} stage errors")
+    if summary.frame_errors:
+        parts.append(f"{summary.frame_errors} unreadable frames skipped")
+    if summary.output:
+        parts.append(f"video: {summary.output}{' (PARTIAL)' if summary.output_partial else ''} ({summary.encoder})")
+    err_console.print("streamcap: " + ", ".join(parts) + f"; ended: {summary.reason}", highlight=False, markup=False)
+    if summary.error:
+        err_console.print(f"streamcap: error: {summary.error}", style="red", highlight=False, markup=False)
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
+
+
+def _source(uri: str, **kw) -> SourceConfig:
+    return SourceConfig(uri=uri, **kw)
+
+
+def handles_errors(func):
+    """Turn a StreamcapError into one red line and its exit code (also under CliRunner)."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except StreamcapError as err:
+            err_console.print(f"streamcap: error: {err}", style="red", highlight=False, markup=False)
+            raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+@app.command()
+@handles_errors
+def file(
+    input: Annotated[str, typer.Argument(help="Video file, image, folder of images, or glob.")],
+    out: Out = None, overwrite: Overwrite = False, codec: Codec = "auto", log: LogFile = None,
+    log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1, drop: Drop = None,
+    queue_size: QueueSize = 4, show: Show = False, stats: Stats = False, hud: Hud = False,
+    stats_interval: StatsInterval = 10.0, on_stage_error: OnError = "skip",
+    no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
+    seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
+    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = 1,
+    no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
+    caption_interval: CapInterval = None, beam: Beam = 3, verbose: Verbose = False,
+) -> None:
+    """Process a video file (or images) frame by frame; nothing is dropped.
+
+    [bold]Examples[/]
+
+      streamcap file samples/vtest_8s.mp4 --out annotated.mp4
+
+      streamcap file input.mp4 --out annotated.mp4 --log captions.jsonl --seg-size 480
+
+      streamcap file photos/ --out slideshow.mp4 --no-caption
+    """
+    from streamcap.runner import Job
+
+    _setup_logging(verbose)
+    src = _source(input, kind=None, drop=drop, stride=stride, queue_size=queue_size)
+    _run(Job(command="file", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
+             stats=stats, hud=hud, argv=sys.argv[1:],
+             pipeline=PipelineConfig(stats_interval_s=stats_interval, log_every=log_every, log_masks=log_masks,
+                                     on_stage_error=on_stage_error),
+             segment=_seg_options(no_segment, seg_model, seg_weights, seg_size, score_threshold, mask_threshold,
+                                  classes, device, max_detections, batch),
+             caption=_caption_options(no_caption, caption_model, caption_every, caption_interval, beam, device)))
+
+
+@app.command()
+@handles_errors
+def live(
+    source: Annotated[str, typer.Option("--source", "-s", help="Webcam index (0), RTSP/RTMP/HTTP URL, or a file played in real time.")] = "0",
+    out: Out = None, overwrite: Overwrite = False, codec: Codec = "auto", log: LogFile = None,
+    log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1, drop: Drop = None,
+    queue_size: QueueSize = 1, rtsp_transport: Transport = None, max_retries: MaxRetries = None,
+    open_timeout: OpenTimeout = 10.0, read_timeout: ReadTimeout = 5.0, watchdog: Watchdog = 10.0,
+    show: Show = False, stats: Stats = False, hud: Hud = False, stats_interval: StatsInterval = 10.0,
+    on_stage_error: OnError = "skip",
+    no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
+    seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
+    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = 1,
+    no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
+    caption_interval: CapInterval = None, beam: Beam = 3, verbose: Verbose = False,
+) -> None:
+    """Watch a live source with bounded latency: the newest frame wins, stale ones are dropped.
+
+    [bold]Examples[/]
+
+      streamcap live --source 0 --show
+
+      streamcap live --source rtsp://camera/stream --out clip.mp4 --log events.jsonl --stats
+
+    A file given as --source is played at its own frame rate, like a camera.
+    """
+    from streamcap.runner import Job
+
+    _setup_logging(verbose)
+    # A file given as a live source is played at its own frame rate and may drop frames.
+    realtime = not (source.isdigit() or "://" in source)
+    src = _source(source, kind="file" if realtime else None, realtime=realtime, drop=drop or "latest", stride=stride, queue_size=queue_size, rtsp_transport=rtsp_transport,
+                  max_retries=max_retries, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
+                  watchdog_s=watchdog)
+    _run(Job(command="live", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
+             stats=stats, hud=hud, argv=sys.argv[1:],
+             pipeline=PipelineConfig(stats_interval_s=stats_interval, log_every=log_every, log_masks=log_masks,
+                                     on_stage_error=on_stage_error),
+             segment=_seg_options(no_segment, seg_model, seg_weights, seg_size, score_threshold, mask_threshold,
+                                  classes, device, max_detections, batch),
+             caption=_caption_options(no_caption, caption_model, caption_every, caption_interval, beam, device)))
+
+
+@app.command()
+@handles_errors
+def monitor(
+    urls: Annotated[list[str], typer.Argument(help="One or more camera URLs (or webcam indexes).")],
+    log: LogFile = None, log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1,
+    drop: Drop = None, queue_size: QueueSize = 1, rtsp_transport: Transport = None,
+    max_retries: MaxRetries = None, open_timeout: OpenTimeout = 10.0, read_timeout: ReadTimeout = 5.0,
+    watchdog: Watchdog = 10.0, stats: Stats = False, stats_interval: StatsInterval = 10.0,
+    on_stage_error: OnError = "skip",
+    no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
+    seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
+    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = 1,
+    no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
+    caption_interval: CapInterval = None, beam: Beam = 3, verbose: Verbose = False,
+) -> None:
+    """Headless monitoring of several cameras in one process, logging to JSONL.
+
+    Each camera has its own capture thread and reconnects by itself; one camera failing never
+    stops the others. Records are tagged with the camera's name (credentials removed).
+
+    [bold]Example[/]
+
+      streamcap monitor rtsp://camera1/stream rtsp://camera2/stream --log captions.jsonl
+    """
+    from streamcap.runner import Job
+
+    _setup_logging(verbose)
+    if len(set(urls)) != len(urls):
+        raise _fail(f"the same URL is given twice")
+    sources = [_source(u, kind="webcam" if u.isdigit() else "stream", drop=drop, stride=stride,
+                       queue_size=queue_size, rtsp_transport=rtsp_transport, max_retries=max_retries,
+                       open_timeout_s=open_timeout, read_timeout_s=read_timeout, watchdog_s=watchdog)
+               for u in urls]
+    _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=sys.argv[1:], progress=False,
+             pipeline=PipelineConfig(stats_interval_s=stats_interval, log_every=log_every, log_masks=log_masks,
+                                     on_stage_error=on_stage_error),
+             segment=_seg_options(no_segment, seg_model, seg_weights, seg_size, score_threshold, mask_threshold,
+                                  classes, device, max_detections, batch),
+             caption=_caption_options(no_caption, caption_model, caption_every, caption_interval, beam, device)))
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"streamcap: error: {message}", style="red", highlight=False, markup=False)
+    return typer.Exit(code)
+
+
 # Command groups that live in their own modules; each exposes register(app).
-_COMMAND_MODULES = ("streamcap.cli_segment", "streamcap.cli_caption", "streamcap.cli_train")
+_COMMAND_MODULES = ("streamcap.bench", "streamcap.cli_segment", "streamcap.cli_caption", "streamcap.cli_train")
 
 
 def _register_commands() -> None:
@@ -33,4 +274,23 @@ _register_commands()
 
 
 def main() -> None:
-    app()
+    """Entry point: one line and a documented exit code for every error the user can fix."""
+    try:
+        app(standalone_mode=False)
+    except StreamcapError as err:
+        err_console.print(f"streamcap: error: {err}", style="red", highlight=False, markup=False)
+        sys.exit(err.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as err:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        err_console.print(f"streamcap: internal error: {type(err).__name__}: {err}", style="red", highlight=False, markup=False)
+        sys.exit(EXIT_INTERNAL)

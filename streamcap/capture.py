@@ -1,0 +1,412 @@
+"""Sources and their reader threads: drop policy, timestamps, reconnect with backoff, watchdog.
+
+One ``SourceReader`` thread per source reads frames into a bounded queue. Live sources use
+the ``latest`` policy (the newest frame replaces the oldest queued one, so latency stays
+bounded); files use ``block`` (the reader waits for room, so nothing is lost).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from streamcap.errors import BadInputError
+from streamcap.types import Frame
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+URL_RE = re.compile(r"^(rtsp|rtsps|rtmp|rtmps|http|https|udp|tcp|srt)://", re.IGNORECASE)
+DROP_POLICIES = ("latest", "block")
+KINDS = ("webcam", "stream", "file", "images")
+
+# A sentinel that a reader puts after its last frame.
+EOS = object()
+
+_ffmpeg_env_lock = threading.Lock()
+
+
+def redact_url(uri: str) -> str:
+    """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``; other strings unchanged."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@", r"\1***@", uri)
+
+
+def source_kind(uri: str) -> str:
+    """The kind of a source string: webcam index, stream URL, image(s) or video file."""
+    if uri.isdigit():
+        return "webcam"
+    if URL_RE.match(uri):
+        return "stream"
+    if any(ch in uri for ch in "*?[") and not os.path.exists(uri):
+        return "images"
+    path = Path(uri)
+    if path.is_dir() or path.suffix.lower() in IMAGE_EXTS:
+        return "images"
+    return "file"
+
+
+def default_drop_policy(kind: str) -> str:
+    return "latest" if kind in ("webcam", "stream") else "block"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """How to read one source. ``drop`` and ``name`` default by kind when left None."""
+
+    uri: str
+    name: str | None = None
+    kind: str | None = None
+    drop: str | None = None
+    stride: int = 1
+    queue_size: int = 4
+    rtsp_transport: str | None = None  # tcp | udp | None (FFmpeg's default)
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+    watchdog_s: float = 10.0
+    max_retries: int | None = None  # None: retry live sources forever
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    image_fps: float = 1.0  # stream time step for image folders
+    realtime: bool = False  # pace a file at its own fps (simulates a live source)
+
+    def resolved(self) -> "SourceConfig":
+        kind = self.kind or source_kind(self.uri)
+        if kind not in KINDS:
+            raise BadInputError(f"unknown source kind {kind!r}; choose one of {', '.join(KINDS)}")
+        drop = self.drop or default_drop_policy(kind)
+        if drop not in DROP_POLICIES:
+            raise BadInputError(f"unknown drop policy {drop!r}; choose latest or block")
+        if self.stride < 1:
+            raise BadInputError(f"--stride must be 1 or more, got {self.stride}")
+        if self.rtsp_transport not in (None, "tcp", "udp"):
+            raise BadInputError(f"--rtsp-transport must be tcp or udp, got {self.rtsp_transport!r}")
+        name = self.name or default_source_name(self.uri, kind)
+        return SourceConfig(**{**self.__dict__, "kind": kind, "drop": drop, "name": name})
+
+    @property
+    def live(self) -> bool:
+        return (self.kind or source_kind(self.uri)) in ("webcam", "stream")
+
+
+def default_source_name(uri: str, kind: str) -> str:
+    if kind == "webcam":
+        return f"webcam{uri}"
+    if kind == "stream":
+        return redact_url(uri)
+    return Path(uri).name or uri
+
+
+def list_images(uri: str) -> list[Path]:
+    """The image files a folder, glob or single image path names, sorted."""
+    path = Path(uri)
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS]
+    elif path.is_file():
+        files = [path]
+    else:
+        files = [Path(p) for p in glob.glob(uri) if Path(p).suffix.lower() in IMAGE_EXTS]
+    return sorted(files)
+
+
+def open_video_capture(cfg: SourceConfig) -> cv2.VideoCapture:
+    """Open a file, webcam or URL with FFmpeg's open/read timeouts where they apply."""
+    if cfg.kind == "webcam":
+        return cv2.VideoCapture(int(cfg.uri))
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.open_timeout_s * 1000),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.read_timeout_s * 1000),
+    ]
+    if cfg.kind == "stream" and cfg.rtsp_transport:
+        # FFmpeg options come from one process-wide variable: set it only around the open.
+        with _ffmpeg_env_lock:
+            old = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{cfg.rtsp_transport}"
+            try:
+                return cv2.VideoCapture(cfg.uri, cv2.CAP_FFMPEG, params)
+            finally:
+                if old is None:
+                    os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
+                else:
+                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = old
+    return cv2.VideoCapture(cfg.uri, cv2.CAP_FFMPEG, params)
+
+
+@dataclass
+class SourceInfo:
+    """What is known about a source once opened."""
+
+    fps: float = 0.0
+    size: tuple[int, int] = (0, 0)
+    frame_count: int = 0  # 0 when unknown (live)
+
+
+def probe_file(cfg: SourceConfig) -> SourceInfo:
+    """Open a file or image source once to check it and learn fps, size and length.
+
+    Raises BadInputError with one line when it cannot be read.
+    """
+    if cfg.kind == "images":
+        files = list_images(cfg.uri)
+        if not files:
+            raise BadInputError(f"no images found at {cfg.uri}")
+        first = None
+        for f in files:
+            first = cv2.imread(str(f))
+            if first is not None:
+                break
+        if first is None:
+            raise BadInputError(f"none of the {len(files)} images at {cfg.uri} could be decoded")
+        return SourceInfo(cfg.image_fps, (first.shape[1], first.shape[0]), len(files))
+    path = Path(cfg.uri)
+    if not path.exists():
+        raise BadInputError(f"input not found: {cfg.uri}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise BadInputError(f"input is empty (0 bytes): {cfg.uri}")
+    cap = open_video_capture(cfg)
+    try:
+        if not cap.isOpened():
+            raise BadInputError(f"cannot open video: {cfg.uri} (not a video file, or a codec FFmpeg lacks)")
+        ok, img = cap.read()
+        if not ok or img is None:
+            raise BadInputError(f"cannot decode any frame of video: {cfg.uri}")
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        if not (0 < fps < 1000):
+            fps = 25.0
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        return SourceInfo(fps, (img.shape[1], img.shape[0]), max(count, 0))
+    finally:
+        cap.release()
+
+
+StatusCallback = Callable[..., None]
+
+
+class SourceReader(threading.Thread):
+    """Reads one source into a bounded queue until the end of input or ``stop()``.
+
+    ``on_status(source, status, **fields)`` is called for connected / lost / reconnected /
+    stalled / gave_up / ended / resolution_changed / frame_error events.
+    """
+
+    def __init__(self, cfg: SourceConfig, on_status: StatusCallback | None = None) -> None:
+        cfg = cfg.resolved()
+        super().__init__(name=f"capture-{cfg.name}", daemon=True)
+        self.cfg = cfg
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, cfg.queue_size))
+        self.on_status = on_status or (lambda *a, **k: None)
+        self.info = SourceInfo()
+        self.frames_read = 0
+        self.dropped = 0
+        self.errors = 0
+        self.ever_connected = False
+        self.gave_up = False
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+        self._force_reconnect = threading.Event()
+        self._last_frame_mono = time.monotonic()
+        self._connected = False
+        self._t0: float | None = None
+
+    # -- control -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._halt.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._halt.is_set()
+
+    def check_watchdog(self, now: float | None = None) -> bool:
+        """Called periodically by the pipeline: a connected live source that delivered nothing
+        for ``watchdog_s`` is marked stalled and reconnected. Returns True when it fired."""
+        if not self.cfg.live or not self._connected or self._force_reconnect.is_set():
+            return False
+        now = time.monotonic() if now is None else now
+        silent = now - self._last_frame_mono
+        if silent > self.cfg.watchdog_s:
+            self.on_status(self.cfg.name, "stalled", silent_s=round(silent, 2))
+            self._force_reconnect.set()
+            return True
+        return False
+
+    # -- the thread ----------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            if self.cfg.kind == "images":
+                self._run_images()
+            elif self.cfg.live:
+                self._run_live()
+            else:
+                self._run_file()
+        except BaseException as err:  # reported by the pipeline, never lost in a thread
+            self.error = err
+            log.exception("reader %s failed", self.cfg.name)
+        finally:
+            self._put_eos()
+
+    def _put_eos(self) -> None:
+        while True:
+            try:
+                self.queue.put(EOS, timeout=0.1)
+                return
+            except queue.Full:
+                if self.cfg.drop == "latest" or self._halt.is_set():
+                    try:
+                        self.queue.get_nowait()
+                    except queue.Empty:
+                        pass
+
+    def _emit(self, image: np.ndarray, index: int, pts_s: float) -> bool:
+        """Queue one frame under the drop policy; False when stopping."""
+        now_mono = time.monotonic()
+        self._last_frame_mono = now_mono
+        frame = Frame(self.cfg.name, index, pts_s, time.time(), image, now_mono)
+        self.frames_read += 1
+        if self.cfg.drop == "latest":
+            while True:
+                try:
+                    self.queue.put_nowait(frame)
+                    return not self._halt.is_set()
+                except queue.Full:
+                    try:
+                        self.queue.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+        while not self._halt.is_set():
+            try:
+                self.queue.put(frame, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read_frames(self, cap: cv2.VideoCapture, start_index: int) -> Iterator[tuple[int, np.ndarray, float]]:
+        """Yield (index, image, pos_msec) honouring the stride by grabbing skipped frames."""
+        index = start_index
+        stride = self.cfg.stride
+        while not self._halt.is_set() and not self._force_reconnect.is_set():
+            if stride > 1 and index % stride:
+                if not cap.grab():
+                    return
+                index += 1
+                continue
+            ok, img = cap.read()
+            if not ok or img is None:
+                return
+            yield index, img, cap.get(cv2.CAP_PROP_POS_MSEC)
+            index += 1
+
+    def _run_file(self) -> None:
+        cap = open_video_capture(self.cfg)
+        try:
+            if not cap.isOpened():
+                raise BadInputError(f"cannot open video: {self.cfg.uri}")
+            fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+            fps = fps if 0 < fps < 1000 else 25.0
+            self.info = SourceInfo(fps, (0, 0), int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
+            self._connected = self.ever_connected = True
+            t_start = time.monotonic()
+            for index, img, pos_ms in self._read_frames(cap, 0):
+                # Container time when FFmpeg gives one, else computed from fps.
+                pts = pos_ms / 1000.0 if pos_ms and pos_ms > 0 else index / fps
+                if index > 0 and pos_ms <= 0:
+                    pts = index / fps
+                if self.cfg.realtime:
+                    delay = t_start + index / fps - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                if self.info.size == (0, 0):
+                    self.info.size = (img.shape[1], img.shape[0])
+                if not self._emit(img, index, pts):
+                    break
+            self.on_status(self.cfg.name, "ended", frames=self.frames_read)
+        finally:
+            cap.release()
+
+    def _run_images(self) -> None:
+        files = list_images(self.cfg.uri)
+        self.info = SourceInfo(self.cfg.image_fps, (0, 0), len(files))
+        self._connected = self.ever_connected = True
+        for index, path in enumerate(files):
+            if self._halt.is_set():
+                break
+            if index % self.cfg.stride:
+                continue
+            img = cv2.imread(str(path))
+            if img is None:
+                self.errors += 1
+                self.on_status(self.cfg.name, "frame_error", frame_index=index,
+                               message=f"cannot decode image {path.name}; skipped")
+                continue
+            if not self._emit(img, index, index / self.cfg.image_fps):
+                break
+        self.on_status(self.cfg.name, "ended", frames=self.frames_read)
+
+    def _run_live(self) -> None:
+        """Connect, read, and on loss reconnect with capped exponential backoff."""
+        attempt = 0
+        index = 0
+        lost_at: float | None = None
+        last_size: tuple[int, int] | None = None
+        self._t0 = None
+        while not self._halt.is_set():
+            cap = open_video_capture(self.cfg)
+            if not cap.isOpened():
+                cap.release()
+                attempt += 1
+                if self.cfg.max_retries is not None and attempt > self.cfg.max_retries:
+                    self.gave_up = True
+                    self.on_status(self.cfg.name, "gave_up", attempts=attempt,
+                                   message=f"no connection after {attempt} attempts")
+                    return
+                delay = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** (attempt - 1))
+                self.on_status(self.cfg.name, "connect_failed", attempt=attempt, retry_in_s=round(delay, 2))
+                self._halt.wait(delay)
+                continue
+            attempt = 0
+            self._force_reconnect.clear()
+            self._last_frame_mono = time.monotonic()
+            self._connected = True
+            fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+            self.info.fps = fps if 0 < fps < 1000 else 25.0
+            if lost_at is None and not self.ever_connected:
+                self.on_status(self.cfg.name, "connected")
+            elif lost_at is not None:
+                self.on_status(self.cfg.name, "reconnected", outage_s=round(time.monotonic() - lost_at, 3))
+            self.ever_connected = True
+            lost_at = None
+            try:
+                for idx, img, _ in self._read_frames(cap, index):
+                    size = (img.shape[1], img.shape[0])
+                    if last_size is not None and size != last_size:
+                        self.on_status(self.cfg.name, "resolution_changed",
+                                       old_size=list(last_size), new_size=list(size))
+                    last_size = self.info.size = size
+                    now = time.monotonic()
+                    if self._t0 is None:
+                        self._t0 = now
+                    # Live stream time: seconds since the first frame, monotonic across reconnects.
+                    index = idx + 1
+                    if not self._emit(img, idx, now - self._t0):
+                        break
+            finally:
+                cap.release()
+                self._connected = False
+            if self._halt.is_set():
+                break
+            lost_at = time.monotonic()
+            self.on_status(self.cfg.name, "lost", frames=self.frames_read,
+                           stalled=self._force_reconnect.is_set())
+            self._force_reconnect.clear()
+        self.on_status(self.cfg.name, "ended", frames=self.frames_read)

@@ -1,0 +1,515 @@
+"""The engine: readers -> bounded queue -> inference worker -> bounded queue -> writer -> sinks.
+
+Threads: one reader per source (capture.py), one inference worker (batches frames, runs the
+stage, runs the caption model when its schedule is due), one caption worker for live sources
+(so captions never stall segmentation), one writer (restores order by frame sequence, draws,
+writes the video and the log). The caller's thread supervises: watchdog, statistics, window,
+signals. Shutdown is one path for every cause: set the stop event, let each worker finish its
+current item, pass one end marker downstream, close the sinks in ``finally``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from streamcap.capture import EOS, SourceConfig, SourceReader
+from streamcap.errors import (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOURCE_FAILED,
+                              EXIT_STAGE_FAILED, StageError, StreamcapError)
+from streamcap.sinks import JsonlSink, VideoFileSink, iso_time
+from streamcap.stages import CaptionStage, InferenceStage, NoOpStage
+from streamcap.types import Caption, Detections, Frame, FrameResult
+
+log = logging.getLogger(__name__)
+
+STAGE_ERROR_POLICIES = ("skip", "stop")
+_END = object()  # the inference worker's end marker for the writer
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    result_queue_size: int = 8
+    stats_interval_s: float = 10.0  # a "stats" log record this often (0: never)
+    log_every: int = 1  # a "frame" log record every N processed frames (0: none)
+    log_objects: bool = True  # per-object label/score/box in frame records
+    log_masks: bool = False  # COCO RLE masks in frame records
+    on_stage_error: str = "skip"  # skip the frame and count it, or stop the run
+    max_consecutive_errors: int = 5  # "skip" gives up after this many failures in a row
+    stop_grace_s: float = 3.0  # after a stop request, how long in-flight frames may take
+
+
+@dataclass
+class RunSummary:
+    reason: str = "eos"  # eos | sigint | sigterm | error | window_closed | sources_failed
+    exit_code: int = EXIT_OK
+    error: str | None = None
+    frames_read: int = 0
+    processed: int = 0
+    written: int = 0
+    dropped: int = 0
+    stage_errors: int = 0
+    frame_errors: int = 0
+    captions: int = 0
+    elapsed_s: float = 0.0
+    encoder: str | None = None
+    output: str | None = None
+    output_partial: bool = False
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Stats:
+    """Counters shared by the threads; ``snapshot()`` gives rates since the previous snapshot."""
+
+    def __init__(self, readers: Sequence[SourceReader], result_queue: queue.Queue) -> None:
+        self._readers = readers
+        self._result_queue = result_queue
+        self._lock = threading.Lock()
+        self.processed = 0
+        self.written = 0
+        self.stage_errors = 0
+        self.captions = 0
+        self.latency_ms: float | None = None  # exponential average of frame age at write
+        self.latency_max_ms = 0.0
+        self._t_start = time.monotonic()
+        self._prev = (self._t_start, 0, 0)
+
+    def add_processed(self, n: int) -> None:
+        with self._lock:
+            self.processed += n
+
+    def add_written(self, latency_ms: float) -> None:
+        with self._lock:
+            self.written += 1
+            self.latency_max_ms = max(self.latency_max_ms, latency_ms)
+            self.latency_ms = latency_ms if self.latency_ms is None else 0.9 * self.latency_ms + 0.1 * latency_ms
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        frames_in = sum(r.frames_read for r in self._readers)
+        with self._lock:
+            t0, in0, done0 = self._prev
+            dt = max(now - t0, 1e-6)
+            snap = {
+                "elapsed_s": round(now - self._t_start, 2),
+                "input_fps": round((frames_in - in0) / dt, 2),
+                "processed_fps": round((self.processed - done0) / dt, 2),
+                "frames_in": frames_in,
+                "processed": self.processed,
+                "written": self.written,
+                "dropped": sum(r.dropped for r in self._readers),
+                "stage_errors": self.stage_errors,
+                "frame_errors": sum(r.errors for r in self._readers),
+                "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
+                "latency_max_ms": round(self.latency_max_ms, 1),
+                "queues": {r.cfg.name: r.queue.qsize() for r in self._readers},
+                "result_queue": self._result_queue.qsize(),
+            }
+            self._prev = (now, frames_in, self.processed)
+        return snap
+
+
+class Pipeline:
+    """Runs sources through an inference stage into sinks. Build it, then call ``run()``.
+
+    ``renderer`` draws a FrameResult onto a copy of its image (``annotate(image, result,
+    stats)``); it is only called when something consumes images (a video, a window, or an
+    ``on_frame`` callback). ``captioner`` with ``schedule_factory`` and ``smoother_factory``
+    adds scene captions. ``on_result(result)`` and ``on_frame(result, image)`` are called from
+    the writer thread for each frame, in order.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[SourceConfig],
+        stage: InferenceStage | None = None,
+        *,
+        config: PipelineConfig = PipelineConfig(),
+        captioner: CaptionStage | None = None,
+        schedule_factory: Callable[[], Any] | None = None,
+        smoother_factory: Callable[[], Any] | None = None,
+        renderer: Any = None,
+        video: VideoFileSink | None = None,
+        log_sink: JsonlSink | None = None,
+        summarize: Callable[[Detections], dict] | None = None,
+        on_result: Callable[[FrameResult], None] | None = None,
+        on_frame: Callable[[FrameResult, np.ndarray], None] | None = None,
+        display: bool = False,
+        hud: bool = False,
+    ) -> None:
+        if config.on_stage_error not in STAGE_ERROR_POLICIES:
+            raise StreamcapError(f"unknown stage error policy {config.on_stage_error!r}")
+        self.config = config
+        self.stage = stage or NoOpStage()
+        self.captioner = captioner
+        self.schedule_factory = schedule_factory
+        self.smoother_factory = smoother_factory
+        self.renderer = renderer
+        self.video = video
+        self.log_sink = log_sink
+        self.summarize = summarize
+        self.on_result = on_result
+        self.on_frame = on_frame
+        self.display = display
+        self.hud = hud
+        self.readers = [SourceReader(s, on_status=self._on_status) for s in sources]
+        self.results: queue.Queue = queue.Queue(maxsize=config.result_queue_size)
+        self.stats = Stats(self.readers, self.results)
+        self.summary = RunSummary()
+        self.display_slot: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._stop_at: float | None = None
+        self._reason: str | None = None
+        self._fatal: StreamcapError | None = None
+        self._lock = threading.Lock()
+        self._captions: dict[str, Caption] = {}
+        self._schedules = {r.cfg.name: schedule_factory() for r in self.readers} if schedule_factory else {}
+        self._smoothers = {r.cfg.name: smoother_factory() for r in self.readers} if smoother_factory else {}
+        self._caption_sync = all(r.cfg.drop == "block" for r in self.readers)
+        self._caption_box: queue.Queue = queue.Queue(maxsize=1)
+        self._source_state: dict[str, dict[str, Any]] = {r.cfg.name: {"status": "starting"} for r in self.readers}
+        self._threads: list[threading.Thread] = []
+        self._last_stats_log = self._last_snapshot = time.monotonic()
+        self.last_stats: dict[str, Any] = {}
+
+    # -- control -------------------------------------------------------------------------------
+    def request_stop(self, reason: str = "stopped") -> None:
+        """Ask every thread to finish; safe from signal handlers and other threads."""
+        if self._reason is None:
+            self._reason = reason
+        if not self._stop.is_set():
+            self._stop_at = time.monotonic()
+            self._stop.set()
+        for r in self.readers:
+            r.stop()
+
+    def _fail(self, err: StreamcapError) -> None:
+        with self._lock:
+            if self._fatal is None:
+                self._fatal = err
+        self.request_stop("error")
+
+    # -- events --------------------------------------------------------------------------------
+    def _on_status(self, source: str, status: str, **fields: Any) -> None:
+        if status != "frame_error":
+            state = self._source_state.setdefault(source, {})
+            state["status"] = status
+            state["since"] = iso_time(time.time())
+        level = logging.WARNING if status in ("lost", "stalled", "gave_up", "frame_error", "connect_failed") else logging.INFO
+        log.log(level, "source %s: %s %s", source, status, fields or "")
+        event = "frame_error" if status == "frame_error" else "source_status"
+        extra = fields if event == "frame_error" else {"status": status, **fields}
+        self._log(event, source=source, **extra)
+
+    def _log(self, event: str, **fields: Any) -> None:
+        if self.log_sink is None:
+            return
+        try:
+            self.log_sink.write(event, **fields)
+        except StreamcapError as err:
+            self._fail(err)
+
+    # -- inference worker ----------------------------------------------------------------------
+    def _next_batch(self, pending: dict[str, SourceReader], seq: dict[str, int]) -> list[Frame]:
+        """Up to batch_size frames, round-robin over sources; waits briefly for the first."""
+        batch: list[Frame] = []
+        limit = max(1, int(getattr(self.stage, "batch_size", 1)))
+        deadline = time.monotonic() + 0.05
+        while pending and len(batch) < limit:
+            got_any = False
+            for name, reader in list(pending.items()):
+                try:
+                    item = reader.queue.get_nowait()
+                except queue.Empty:
+                    continue
+                got_any = True
+                if item is EOS:
+                    del pending[name]
+                    continue
+                batch.append(item)
+                if len(batch) >= limit:
+                    break
+            if batch and (not got_any or time.monotonic() > deadline):
+                break
+            if not got_any:
+                if self._stop.is_set():
+                    break
+                time.sleep(0.002)
+        return batch
+
+    def _inference_worker(self) -> None:
+        pending = {r.cfg.name: r for r in self.readers}
+        seq: dict[str, int] = {name: 0 for name in pending}
+        consecutive = 0
+        try:
+            while pending and not self._stop.is_set():
+                frames = self._next_batch(pending, seq)
+                if not frames:
+                    continue
+                try:
+                    outputs = self.stage(frames)
+                    if len(outputs) != len(frames):
+                        raise RuntimeError(f"stage returned {len(outputs)} results for {len(frames)} frames")
+                    consecutive = 0
+                except Exception as err:  # the documented policy: skip and count, or stop
+                    consecutive += len(frames)
+                    with self.stats._lock:
+                        self.stats.stage_errors += len(frames)
+                    message = f"{type(err).__name__}: {err}"
+                    log.warning("stage %s failed on %d frame(s): %s", self.stage.name, len(frames), message)
+                    for f in frames:
+                        self._log("stage_error", source=f.source, frame_index=f.index, stage=self.stage.name,
+                                  message=message[:500])
+                    if (self.config.on_stage_error == "stop"
+                            or consecutive >= self.config.max_consecutive_errors):
+                        self._fail(StageError(f"stage {self.stage.name} failed: {message}"))
+                        return
+                    continue
+                self.stats.add_processed(len(frames))
+                for frame, det in zip(frames, outputs):
+                    new_caption = self._maybe_caption(frame)
+                    result = FrameResult(frame, det, self._captions.get(frame.source), new_caption)
+                    item = (frame.source, seq[frame.source], result)
+                    seq[frame.source] += 1
+                    if not self._put_result(item):
+                        return
+        except StreamcapError as err:
+            self._fail(err)
+        except Exception as err:
+            self._fail(StageError(f"inference worker failed: {type(err).__name__}: {err}"))
+        finally:
+            self._put_result(_END, force=True)
+
+    def _put_result(self, item: Any, force: bool = False) -> bool:
+        while True:
+            try:
+                self.results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if self._stop.is_set() and not force:
+                    return False
+                if force and self._stop.is_set() and not any(t.is_alive() for t in self._threads if t.name == "writer"):
+                    return False
+
+    # -- captions ------------------------------------------------------------------------------
+    def _maybe_caption(self, frame: Frame) -> bool:
+        if self.captioner is None:
+            return False
+        schedule = self._schedules.get(frame.source)
+        if schedule is not None and not schedule.due(frame.index, frame.pts_s):
+            return False
+        if self._caption_sync:
+            self._run_caption(frame)
+            return True
+        try:  # the newest frame wins the caption worker's single slot
+            self._caption_box.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            self._caption_box.put_nowait(frame)
+        except queue.Full:
+            pass
+        return False
+
+    def _run_caption(self, frame: Frame) -> None:
+        try:
+            raw, score = self.captioner(frame)
+        except Exception as err:
+            with self.stats._lock:
+                self.stats.stage_errors += 1
+            self._log("stage_error", source=frame.source, frame_index=frame.index, stage="caption",
+                      message=f"{type(err).__name__}: {err}"[:500])
+            return
+        smoother = self._smoothers.get(frame.source)
+        shown, changed = (raw, True) if smoother is None else smoother.update(raw, score, frame.pts_s)
+        prev = self._captions.get(frame.source)
+        changed = prev is None or shown != prev.text if smoother is None else changed
+        caption = Caption(shown, raw, float(score), frame.index, changed)
+        self._captions[frame.source] = caption
+        with self.stats._lock:
+            self.stats.captions += 1
+        self._log("caption", source=frame.source, frame_index=frame.index, pts_s=round(frame.pts_s, 3),
+                  frame_time=iso_time(frame.wall_ts), raw=raw, shown=shown, score=round(float(score), 4),
+                  changed=changed)
+
+    def _caption_worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self._caption_box.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._run_caption(frame)
+
+    # -- writer --------------------------------------------------------------------------------
+    def _writer(self) -> None:
+        pending: dict[tuple[str, int], FrameResult] = {}
+        expected: dict[str, int] = {r.cfg.name: 0 for r in self.readers}
+        try:
+            while True:
+                try:
+                    item = self.results.get(timeout=0.1)
+                except queue.Empty:
+                    if self._stop.is_set() and self._stop_at is not None \
+                            and time.monotonic() - self._stop_at > self.config.stop_grace_s:
+                        break
+                    continue
+                if item is _END:
+                    break
+                source, seq, result = item
+                pending[(source, seq)] = result
+                # Restore order explicitly: each source's results go out by sequence number.
+                while (source, expected[source]) in pending:
+                    self._write_one(pending.pop((source, expected[source])))
+                    expected[source] += 1
+            for key in sorted(pending):
+                self._write_one(pending.pop(key))
+        except StreamcapError as err:
+            self._fail(err)
+        except Exception as err:
+            self._fail(StageError(f"writer failed: {type(err).__name__}: {err}"))
+
+    def _write_one(self, result: FrameResult) -> None:
+        frame = result.frame
+        needs_image = self.video is not None or self.display or self.on_frame is not None
+        if needs_image:
+            image = frame.image
+            if self.renderer is not None:
+                image = self.renderer.annotate(frame.image, result, self.last_stats if self.hud else None)
+            if self.video is not None:
+                self.video.write(image, frame.pts_s)
+            if self.display:
+                try:
+                    self.display_slot.get_nowait()
+                except queue.Empty:
+                    pass
+                self.display_slot.put_nowait(image)
+            if self.on_frame is not None:
+                self.on_frame(result, image)
+        if self.on_result is not None:
+            self.on_result(result)
+        latency_ms = (time.monotonic() - frame.mono_ts) * 1000.0
+        self.stats.add_written(latency_ms)
+        every = self.config.log_every
+        if self.log_sink is not None and every > 0 and self.stats.written % every == 0:
+            det = result.detections
+            summary = None
+            if det is not None and self.summarize is not None:
+                summary = self.summarize(det)
+            self._log("frame", source=frame.source, frame_index=frame.index, pts_s=round(frame.pts_s, 3),
+                      frame_time=iso_time(frame.wall_ts), latency_ms=round(latency_ms, 1),
+                      detections=summary, caption=result.caption.text if result.caption else None)
+
+    # -- supervision ---------------------------------------------------------------------------
+    def start(self) -> None:
+        for r in self.readers:
+            r.start()
+        workers = [("inference", self._inference_worker), ("writer", self._writer)]
+        if self.captioner is not None and not self._caption_sync:
+            workers.append(("caption", self._caption_worker))
+        for name, target in workers:
+            t = threading.Thread(target=target, name=name, daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads if t.name == "writer")
+
+    def tick(self) -> None:
+        """Periodic supervision from the caller's thread: watchdog, reader errors, stats."""
+        for r in self.readers:
+            r.check_watchdog()
+            if r.error is not None and not r.cfg.live:
+                err = r.error
+                r.error = None
+                self._fail(err if isinstance(err, StreamcapError)
+                           else StageError(f"reader {r.cfg.name} failed: {type(err).__name__}: {err}"))
+        now = time.monotonic()
+        if now - self._last_snapshot >= 1.0:  # rates over about one second, for HUD and --stats
+            self._last_snapshot = now
+            self.last_stats = self.stats.snapshot()
+        if self.config.stats_interval_s > 0 and now - self._last_stats_log >= self.config.stats_interval_s:
+            self._last_stats_log = now
+            self._log("stats", **self.last_stats)
+
+    def run(self, *, on_tick: Callable[["Pipeline"], None] | None = None, tick_s: float = 0.1) -> RunSummary:
+        """Run to the end of input or a stop request; always closes the sinks."""
+        t0 = time.monotonic()
+        self._log("start", sources=[r.cfg.name for r in self.readers], stage=self.stage.name,
+                  captioner=getattr(self.captioner, "name", None))
+        try:
+            self.start()
+            while self.alive():
+                self.tick()
+                if on_tick is not None:
+                    on_tick(self)
+                time.sleep(tick_s)
+            self.tick()
+        except KeyboardInterrupt:
+            self.request_stop("sigint")
+        finally:
+            self.shutdown()
+        self._finish_summary(time.monotonic() - t0)
+        return self.summary
+
+    def shutdown(self) -> None:
+        """Stop readers, let workers drain, join everything, finalize the video."""
+        if not self._stop.is_set() and self._reason is None:
+            self._reason = "eos"
+        self._stop.set()
+        try:
+            for r in self.readers:
+                r.stop()
+            for t in self._threads:
+                t.join(timeout=self.config.stop_grace_s + 2.0)
+            for r in self.readers:
+                if r.is_alive():
+                    r.join(timeout=1.0)
+        finally:
+            if self.video is not None:
+                try:
+                    self.video.close()
+                except StreamcapError as err:
+                    self._fail(err)
+
+    def _finish_summary(self, elapsed: float) -> None:
+        s = self.summary
+        snap = self.stats.snapshot()
+        s.elapsed_s = round(elapsed, 3)
+        s.frames_read = snap["frames_in"]
+        s.processed = snap["processed"]
+        s.written = snap["written"]
+        s.dropped = snap["dropped"]
+        s.stage_errors = snap["stage_errors"]
+        s.frame_errors = snap["frame_errors"]
+        s.captions = self.stats.captions
+        s.sources = {r.cfg.name: {**self._source_state.get(r.cfg.name, {}), "frames": r.frames_read,
+                                  "dropped": r.dropped, "gave_up": r.gave_up} for r in self.readers}
+        if self.video is not None:
+            s.encoder = self.video.encoder
+            s.output = str(self.video.path)
+        reason = self._reason or "eos"
+        if self._fatal is not None:
+            s.reason, s.error, s.exit_code = "error", str(self._fatal), self._fatal.exit_code
+        elif reason == "sigint":
+            s.reason, s.exit_code = reason, EXIT_SIGINT
+        elif reason == "sigterm":
+            s.reason, s.exit_code = reason, EXIT_SIGTERM
+        elif self.readers and all(r.gave_up and not r.ever_connected for r in self.readers):
+            s.reason, s.exit_code = "sources_failed", EXIT_SOURCE_FAILED
+            s.error = "no source ever connected: " + ", ".join(r.cfg.name for r in self.readers)
+        else:
+            s.reason, s.exit_code = reason, EXIT_OK
+        if s.reason == "error" and self.video is not None:
+            # An output cut short by an error is kept, under a name that says so.
+            partial = self.video.mark_partial()
+            if partial is not None:
+                s.output, s.output_partial = str(partial), True
+        self._log("end", reason=s.reason, exit_code=s.exit_code, error=s.error, frames_read=s.frames_read,
+                  processed=s.processed, written=s.written, dropped=s.dropped, stage_errors=s.stage_errors,
+                  frame_errors=s.frame_errors, elapsed_s=s.elapsed_s, output=s.output,
+                  output_partial=s.output_partial, encoder=s.encoder, sources=s.sources)

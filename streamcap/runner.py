@@ -1,0 +1,215 @@
+"""Builds a pipeline from a job description and runs it with progress, statistics and signals.
+
+The CLI and the Python API both come here; the CLI only parses options into a ``Job``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from streamcap.capture import SourceConfig, probe_file
+from streamcap.errors import BadInputError
+from streamcap.pipeline import Pipeline, PipelineConfig, RunSummary
+from streamcap.sinks import JsonlSink, VideoFileSink, check_output_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """Everything one run needs. ``segment``/``caption`` hold component options, or None to
+    leave that model out."""
+
+    command: str
+    sources: list[SourceConfig]
+    out: Path | None = None
+    overwrite: bool = False
+    codec: str = "auto"
+    log: Path | None = None
+    show: bool = False
+    stats: bool = False
+    hud: bool = False
+    progress: bool = True
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    segment: dict[str, Any] | None = None
+    caption: dict[str, Any] | None = None
+    argv: list[str] = field(default_factory=list)
+
+
+def build_models(job: Job, console: Console | None = None):
+    """(stage, summarize, captioner, schedule_factory, smoother_factory, renderer)."""
+    from streamcap.stages import NoOpStage
+
+    stage, summarize = NoOpStage(), None
+    if job.segment is not None:
+        from streamcap.segment import SegmenterConfig, build_segmenter, detections_summary
+
+        seg_cfg = SegmenterConfig(**job.segment)
+        stage = build_segmenter(seg_cfg)
+        log_objects, log_masks = job.pipeline.log_objects, job.pipeline.log_masks
+        summarize = lambda det: detections_summary(det, objects=log_objects, masks_rle=log_masks)  # noqa: E731
+        if getattr(stage, "random_weights", False) and console is not None:
+            console.print("[yellow]segmenter: untrained random weights (--seg-weights random): "
+                          "detections are meaningless[/]")
+    captioner = schedule_factory = smoother_factory = None
+    if job.caption is not None:
+        from streamcap.caption.api import Captioner
+        from streamcap.caption.smoothing import CaptionSchedule, CaptionSmoother
+
+        opts = dict(job.caption)
+        every, interval = opts.pop("every", None), opts.pop("interval", None)
+        smooth = opts.pop("smooth", True)
+        captioner = Captioner(**opts)
+        schedule_factory = lambda: CaptionSchedule(every_n_frames=every, interval_s=interval)  # noqa: E731
+        smoother_factory = CaptionSmoother if smooth else None
+    renderer = None
+    try:
+        from streamcap.render import Renderer
+
+        renderer = Renderer(hud=job.hud)
+    except ImportError:  # drawing not available: frames are written as read
+        renderer = None
+    return stage, summarize, captioner, schedule_factory, smoother_factory, renderer
+
+
+def validate(job: Job) -> dict[str, Any]:
+    """Check inputs and outputs before anything starts; returns probe info per file source."""
+    infos = {}
+    for src in job.sources:
+        if not src.live:
+            infos[src.uri] = probe_file(src.resolved())
+    inputs = [s.uri for s in job.sources if not s.live]
+    if job.out is not None:
+        check_output_path(job.out, inputs, overwrite=job.overwrite)
+    if job.log is not None:
+        check_output_path(job.log, inputs, append=True)
+        if job.out is not None and Path(job.log).resolve() == Path(job.out).resolve():
+            raise BadInputError("--log and --out name the same file")
+    if job.show:
+        from streamcap.sinks import display_available
+
+        if not display_available():
+            raise BadInputError("--show needs a display and an OpenCV build with a GUI "
+                                "(pip install opencv-python); none here — drop --show on headless machines")
+    return infos
+
+
+def run_job(job: Job, *, console: Console | None = None, on_result: Callable | None = None,
+            on_frame: Callable | None = None, install_signals: bool = True) -> RunSummary:
+    """Validate, build, run, and always finalize; returns the summary (exit code inside)."""
+    console = console or Console(stderr=True)
+    infos = validate(job)
+    stage, summarize, captioner, sched, smoother, renderer = build_models(job, console)
+    resolved = [s.resolved() for s in job.sources]
+    video = None
+    if job.out is not None:
+        first = resolved[0]
+        fps = infos[first.uri].fps / first.stride if first.uri in infos else 25.0
+        video = VideoFileSink(job.out, fps, codec=job.codec)
+    log_sink = JsonlSink(job.log).open() if job.log is not None else None
+    pipeline = Pipeline(resolved, stage, config=job.pipeline, captioner=captioner, schedule_factory=sched,
+                        smoother_factory=smoother, renderer=renderer, video=video, log_sink=log_sink,
+                        summarize=summarize, on_result=on_result, on_frame=on_frame, display=job.show,
+                        hud=job.hud or job.stats)
+    if log_sink is not None:
+        log_sink.write("run", command=job.command, argv=[_redact_arg(a) for a in job.argv],
+                       sources=[s.name for s in resolved], stage=stage.name,
+                       random_weights=bool(getattr(stage, "random_weights", False)))
+    old_handlers = {}
+    if install_signals and threading.current_thread() is threading.main_thread():
+        def handler(signum, _frame):
+            pipeline.request_stop("sigint" if signum == signal.SIGINT else "sigterm")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old_handlers[sig] = signal.signal(sig, handler)
+    window = None
+    try:
+        if job.show:
+            from streamcap.sinks import WindowSink
+
+            window = WindowSink()
+        total = sum((infos[s.uri].frame_count + s.stride - 1) // s.stride for s in resolved if s.uri in infos)
+        with _Display(console, job, total) as display:
+            def on_tick(p: Pipeline) -> None:
+                display.update(p)
+                if window is not None:
+                    try:
+                        image = p.display_slot.get_nowait()
+                    except Exception:
+                        image = None
+                    if image is not None and not window.show(image):
+                        p.request_stop("window_closed")
+            summary = pipeline.run(on_tick=on_tick)
+            display.update(pipeline)
+    finally:
+        for sig, old in old_handlers.items():
+            signal.signal(sig, old)
+        if window is not None:
+            window.close()
+        if log_sink is not None:
+            log_sink.close()
+    return summary
+
+
+def _redact_arg(arg: str) -> str:
+    from streamcap.capture import redact_url
+
+    return redact_url(arg)
+
+
+class _Display:
+    """A progress bar for files, a statistics table for --stats, nothing otherwise."""
+
+    def __init__(self, console: Console, job: Job, total: int) -> None:
+        self.console = console
+        self.job = job
+        self.total = total
+        self.progress: Progress | None = None
+        self.live: Live | None = None
+        self.task = None
+
+    def __enter__(self) -> "_Display":
+        if self.job.stats:
+            self.live = Live(Table(), console=self.console, refresh_per_second=2, transient=False)
+            self.live.__enter__()
+        elif self.job.progress and self.job.command == "file":
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[fps]:>6.1f} fps"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=self.console, transient=False)
+            self.progress.__enter__()
+            self.task = self.progress.add_task("frames", total=self.total or None, fps=0.0)
+        return self
+
+    def update(self, p: Pipeline) -> None:
+        if self.progress is not None:
+            written = p.stats.written
+            t = self.progress.tasks[0]
+            fps = written / t.elapsed if t.elapsed else 0.0
+            self.progress.update(self.task, completed=written, fps=fps)
+        if self.live is not None:
+            snap = p.last_stats
+            table = Table(title="streamcap", show_header=True)
+            table.add_column("statistic")
+            table.add_column("value", justify="right")
+            for key, value in snap.items():
+                table.add_row(key, str(value))
+            for name, state in p._source_state.items():
+                table.add_row(f"source {name}", str(state.get("status")))
+            self.live.update(table)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        if self.live is not None:
+            self.live.__exit__(*exc)

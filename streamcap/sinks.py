@@ -1,0 +1,317 @@
+"""Where results go: a video file, a window, a JSONL log. Each writes as it goes and is a
+context manager, so an interrupted run still leaves a playable video and complete lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from streamcap.errors import BadInputError, StageError
+
+log = logging.getLogger(__name__)
+
+JSONL_SCHEMA_VERSION = 1
+VIDEO_CODECS = ("auto", "h264", "mp4v")
+
+
+def iso_time(ts: float) -> str:
+    """ISO-8601 UTC wall-clock time with milliseconds."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def check_output_path(path: str | os.PathLike, inputs: list[str] = (), *, overwrite: bool = False,
+                      append: bool = False) -> Path:
+    """Validate an output path before any work starts; raises BadInputError with one line.
+
+    Refuses: a symlink (it could point anywhere), the same file as an input, a folder, a
+    parent that cannot be created or written, and (unless ``overwrite`` or ``append``) an
+    existing file.
+    """
+    p = Path(path)
+    if p.is_symlink():
+        raise BadInputError(f"refusing to write through a symbolic link: {p}")
+    if p.is_dir():
+        raise BadInputError(f"output path is a folder: {p}")
+    for src in inputs:
+        try:
+            if Path(src).exists() and p.exists() and os.path.samefile(src, p):
+                raise BadInputError(f"output path is the input file: {p}")
+        except OSError:
+            pass
+        if Path(src).resolve() == p.resolve():
+            raise BadInputError(f"output path is the input file: {p}")
+    if p.exists() and not (overwrite or append):
+        raise BadInputError(f"output exists: {p} (pass --overwrite to replace it)")
+    parent = p.parent if str(p.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInputError(f"cannot create output folder {parent}: {err.strerror or err}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInputError(f"output folder is not writable: {parent}")
+    return p
+
+
+class JsonlSink:
+    """One JSON object per line, flushed per line, appended safely to an existing file.
+
+    Every record carries ``schema``, ``event`` and ``time`` (ISO-8601 UTC). A file whose last
+    line was cut off by an earlier crash has that partial line removed before appending, so
+    every line of the file parses.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._fh = None
+        self.lines = 0
+
+    def open(self) -> "JsonlSink":
+        self._repair_tail()
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        self._fh = os.fdopen(fd, "a", encoding="utf-8")
+        return self
+
+    def _repair_tail(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "rb+") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 1))
+            if fh.read(1) == b"\n":
+                return
+            # Find the end of the last complete line and cut what follows.
+            pos = size
+            chunk = 4096
+            while pos > 0:
+                start = max(0, pos - chunk)
+                fh.seek(start)
+                data = fh.read(pos - start)
+                nl = data.rfind(b"\n")
+                if nl >= 0:
+                    cut = start + nl + 1
+                    break
+                pos = start
+            else:
+                cut = 0
+            fh.truncate(cut)
+            log.warning("removed an incomplete last line (%d bytes) from %s", size - cut, self.path)
+
+    def write(self, event: str, *, source: str | None = None, ts: float | None = None, **fields: Any) -> None:
+        import time
+
+        record = {"schema": JSONL_SCHEMA_VERSION, "event": event,
+                  "time": iso_time(time.time() if ts is None else ts), "source": source}
+        record.update(fields)
+        line = json.dumps(record, ensure_ascii=False, default=_json_default, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._fh is None:
+                return
+            try:
+                self._fh.write(line)
+                self._fh.flush()
+                if self.fsync:
+                    os.fsync(self._fh.fileno())
+            except OSError as err:
+                raise StageError(f"cannot write log {self.path}: {err.strerror or err}") from None
+            self.lines += 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                try:
+                    self._fh.close()
+                finally:
+                    self._fh = None
+
+    def __enter__(self) -> "JsonlSink":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+class VideoFileSink:
+    """Writes annotated frames to a video file, timed by each frame's stream time.
+
+    ``codec="auto"`` writes browser-playable H.264 MP4 with PyAV (libx264) and falls back to
+    OpenCV's ``mp4v`` when PyAV or libx264 is missing; ``encoder`` says which was used. The
+    size is fixed by the first frame (made even for yuv420p); later frames of another size
+    (a camera that reconnected at a new resolution) are resized to it.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, *, codec: str = "auto", crf: int = 23,
+                 preset: str = "veryfast") -> None:
+        if codec not in VIDEO_CODECS:
+            raise BadInputError(f"unknown codec {codec!r}; choose one of {', '.join(VIDEO_CODECS)}")
+        self.path = Path(path)
+        self.fps = float(fps) if fps and fps > 0 else 25.0
+        self.codec = codec
+        self.crf = crf
+        self.preset = preset
+        self.encoder: str | None = None
+        self.size: tuple[int, int] | None = None
+        self.frames = 0
+        self.failed = False
+        self._container = None
+        self._stream = None
+        self._writer: cv2.VideoWriter | None = None
+        self._last_pts = -1
+
+    # -- opening -------------------------------------------------------------------------------
+    def _open(self, width: int, height: int) -> None:
+        self.size = (width - width % 2, height - height % 2)
+        if self.codec in ("auto", "h264"):
+            try:
+                self._open_pyav()
+                return
+            except Exception as err:  # PyAV missing, or no libx264 in its FFmpeg
+                if self.codec == "h264":
+                    raise StageError(f"cannot open H.264 encoder for {self.path}: {err}") from None
+                log.warning("H.264 via PyAV unavailable (%s); falling back to mp4v", err)
+        self._open_cv2()
+
+    def _open_pyav(self) -> None:
+        import av
+
+        container = av.open(str(self.path), mode="w")
+        try:
+            stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+            stream.width, stream.height = self.size
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"preset": self.preset, "crf": str(self.crf), "movflags": "+faststart"}
+            stream.time_base = Fraction(1, 1000)
+        except Exception:
+            container.close()
+            raise
+        self._container, self._stream = container, stream
+        self.encoder = "h264 (libx264 via PyAV)"
+
+    def _open_cv2(self) -> None:
+        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+        if not writer.isOpened():
+            raise StageError(f"cannot open video writer for {self.path}")
+        self._writer = writer
+        self.encoder = "mp4v (OpenCV)"
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(self, image: np.ndarray, pts_s: float | None = None) -> None:
+        if self.size is None:
+            self._open(image.shape[1], image.shape[0])
+        assert self.size is not None
+        if (image.shape[1], image.shape[0]) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        try:
+            if self._writer is not None:
+                self._writer.write(image)
+            else:
+                self._write_pyav(image, pts_s)
+        except OSError as err:
+            self.failed = True
+            raise StageError(f"cannot write video {self.path}: {err.strerror or err}") from None
+        except Exception as err:
+            self.failed = True
+            raise StageError(f"cannot write video {self.path}: {err}") from None
+        self.frames += 1
+
+    def _write_pyav(self, image: np.ndarray, pts_s: float | None) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+        pts = int(round((pts_s if pts_s is not None else self.frames / self.fps) * 1000))
+        pts = max(pts, self._last_pts + 1)  # strictly increasing, whatever the source says
+        self._last_pts = pts
+        frame.pts = pts
+        frame.time_base = Fraction(1, 1000)
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        """Flush the encoder and finalize the container (the file plays after this)."""
+        try:
+            if self._container is not None:
+                try:
+                    if not self.failed:
+                        for packet in self._stream.encode():
+                            self._container.mux(packet)
+                finally:
+                    self._container.close()
+            if self._writer is not None:
+                self._writer.release()
+        except Exception as err:
+            self.failed = True
+            raise StageError(f"cannot finalize video {self.path}: {err}") from None
+        finally:
+            self._container = self._stream = self._writer = None
+
+    def mark_partial(self) -> Path | None:
+        """Rename an output that failed midway to ``NAME.partial.EXT``; returns the new path."""
+        if not self.path.exists():
+            return None
+        target = self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")
+        try:
+            os.replace(self.path, target)
+        except OSError:
+            return None
+        return target
+
+    def __enter__(self) -> "VideoFileSink":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def display_available() -> bool:
+    """True when a window can be opened (a display and an OpenCV build with a GUI)."""
+    if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    info = cv2.getBuildInformation()
+    gui = info.split("GUI:", 1)[1].split("\n", 1)[0] if "GUI:" in info else ""
+    return "NONE" not in gui.upper()
+
+
+class WindowSink:
+    """Shows frames in an OpenCV window. Must be used from the main thread only."""
+
+    def __init__(self, title: str = "streamcap") -> None:
+        if not display_available():
+            raise BadInputError("--show needs a display and an OpenCV build with a GUI "
+                                "(pip install opencv-python); this machine has neither")
+        self.title = title
+        self.closed = False
+
+    def show(self, image: np.ndarray) -> bool:
+        """Show one frame; False once the user pressed q/Esc or closed the window."""
+        cv2.imshow(self.title, image)
+        key = cv2.waitKey(1) & 0xFF
+        if key in (ord("q"), 27):
+            self.closed = True
+        return not self.closed
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
