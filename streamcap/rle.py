@@ -6,6 +6,8 @@ form pycocotools writes (``{"size": [h, w], "counts": "..."}``, ``rleToString``:
 is stored as the difference to the count two places back, when past the third, in 5-bit
 groups with a continuation bit, offset by 48 into printable ASCII). ``decode`` reads both
 that form and the uncompressed form (``counts`` a list of ints).
+
+``detections_summary`` turns ``Detections`` into the JSON-ready dict the JSONL log writes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
+
+from streamcap.types import Detections
 
 
 def mask_to_counts(mask: np.ndarray) -> list[int]:
@@ -98,3 +102,29 @@ def decode(rle: Mapping[str, Any]) -> np.ndarray:
     if isinstance(counts, str):
         counts = string_to_counts(counts)
     return counts_to_mask(list(counts), rle["size"])
+
+
+def detections_summary(det: Detections | None, objects: bool = True, masks_rle: bool = False) -> dict[str, Any]:
+    """A JSON-ready summary of one frame's detections.
+
+    ``{"count": N, "counts": {class: n}, "objects": [{"label", "score", "box"}, ...],
+    "masks_rle": [{"size": [h, w], "counts": "..."}, ...]}``; scores are rounded to 3 decimals,
+    boxes are integer ``[x1, y1, x2, y2]`` frame pixels (rounded), best score first as given.
+    ``objects`` only when asked (default yes); ``masks_rle`` only when asked and masks exist,
+    in COCO compact-string RLE (see ``encode``), one per object in the same order.
+    """
+    if det is None:
+        det = Detections.empty()
+    out: dict[str, Any] = {"count": len(det), "counts": det.counts()}
+    if objects:
+        out["objects"] = [
+            {
+                "label": name,
+                "score": round(float(score), 3),
+                "box": [int(round(float(v))) for v in box],
+            }
+            for name, score, box in zip(det.class_names, det.scores, det.boxes)
+        ]
+    if masks_rle and det.masks is not None:
+        out["masks_rle"] = [encode(m) for m in det.masks]
+    return out
