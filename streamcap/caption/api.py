@@ -92,16 +92,19 @@ class Captioner:
         if feature_ema is not None and not 0 < feature_ema <= 1:
             raise BadInputError(f"feature_ema must be in (0, 1], got {feature_ema}")
         self.feature_ema, self.ema_reset_below = feature_ema, ema_reset_below
-        self._ema: torch.Tensor | None = None
+        self._ema: dict[str, torch.Tensor] = {}  # per frame.source
         self.ema_resets = 0
 
     @property
     def attention(self) -> bool:
         return self.decoder.cfg.attention
 
-    def reset(self) -> None:
-        """Forget the feature average (call on a new source or after a seek)."""
-        self._ema = None
+    def reset(self, source: str | None = None) -> None:
+        """Forget the feature average of one source (all when None), e.g. after a seek."""
+        if source is None:
+            self._ema.clear()
+        else:
+            self._ema.pop(source, None)
 
     @torch.inference_mode()
     def encode(self, images_rgb: Sequence) -> torch.Tensor:
@@ -145,19 +148,21 @@ class Captioner:
         rgb = np.ascontiguousarray(frame.image[:, :, ::-1])  # BGR -> RGB
         feats = self.encode([rgb])  # (1, C, h, w)
         if self.feature_ema is not None:
-            feats = self._smooth_features(feats)
+            feats = self._smooth_features(str(frame.source), feats)
         result = self.decode(feats)[0]
         return result.text, result.score
 
-    def _smooth_features(self, feats: torch.Tensor) -> torch.Tensor:
-        if self._ema is not None and self._ema.shape == feats.shape:
-            sim = torch.cosine_similarity(feats.mean(dim=(2, 3)), self._ema.mean(dim=(2, 3))).item()
+    def _smooth_features(self, source: str, feats: torch.Tensor) -> torch.Tensor:
+        ema = self._ema.get(source)
+        if ema is not None and ema.shape == feats.shape:
+            sim = torch.cosine_similarity(feats.mean(dim=(2, 3)), ema.mean(dim=(2, 3))).item()  # (1,)
             if sim >= self.ema_reset_below:
-                self._ema = self.feature_ema * feats + (1 - self.feature_ema) * self._ema
-                return self._ema
+                ema = self.feature_ema * feats + (1 - self.feature_ema) * ema  # (1, C, h, w)
+                self._ema[source] = ema
+                return ema
             self.ema_resets += 1  # hard change: restart from this frame
-        self._ema = feats.clone()
-        return self._ema
+        self._ema[source] = feats.clone()
+        return self._ema[source]
 
 
 _DEFAULT: dict[str, Captioner] = {}

@@ -1,0 +1,150 @@
+"""CLI commands for scene captions: ``streamcap caption`` and ``streamcap bench-captions``."""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from streamcap.errors import BadInputError, StreamcapError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+def expand_images(args: list[str]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns, in the order given."""
+    out: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+            if not found:
+                raise BadInputError(f"folder {path} has no images ({', '.join(sorted(IMAGE_EXTS))})")
+            out.extend(found)
+        elif any(ch in arg for ch in "*?[") and not path.exists():
+            found = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
+            if not found:
+                raise BadInputError(f"no images match {arg}")
+            out.extend(found)
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise BadInputError(f"image {path} does not exist")
+    return out
+
+
+def _fail(err: StreamcapError) -> typer.Exit:
+    typer.echo(f"error: {err}", err=True)
+    return typer.Exit(err.exit_code)
+
+
+def caption_command(
+    images: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
+    beam: int = typer.Option(3, "--beam", min=1, max=20, help="Beam width (1 = greedy)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Caption checkpoint (.pt); default: the bundled one."),
+    attention_map: Optional[Path] = typer.Option(None, "--attention-map",
+                                                 help="Write per-word attention heatmaps to this PNG."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line: image, caption, score."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    max_len: int = typer.Option(20, "--max-len", min=1, help="Longest caption in words."),
+) -> None:
+    """Caption images with the CNN-LSTM caption model.
+
+    Examples:
+
+      streamcap caption samples/dog.jpg
+
+      streamcap caption photos/ "more/*.png" --beam 5 --json > captions.jsonl
+
+      streamcap caption dog.jpg --model my_caption.pt --attention-map dog_attention.png
+    """
+    from streamcap.caption.api import Captioner, read_image_rgb
+    from streamcap.caption.attention_map import save_attention_map
+
+    try:
+        paths = expand_images(images)
+        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+            raise BadInputError(f"unknown --device {device!r}; use auto, cpu or cuda")
+        captioner = Captioner(model=model, device=device, beam=beam, max_len=max_len)
+        want_maps = attention_map is not None
+        rows = []
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            arrays = [read_image_rgb(p) for p in chunk]
+            results = captioner.caption_images(arrays, batch_size=batch_size, return_alphas=want_maps)
+            for path, array, res in zip(chunk, arrays, results):
+                if as_json:
+                    typer.echo(json.dumps({"image": str(path), "caption": res.text,
+                                           "score": round(res.score, 4)}))
+                rows.append((path, res.text, res.score))
+                if want_maps:
+                    out = attention_map if len(paths) == 1 else attention_map.with_name(
+                        f"{attention_map.stem}_{path.stem}{attention_map.suffix}")
+                    save_attention_map(out, array, res.tokens, res.alphas)
+    except StreamcapError as err:
+        raise _fail(err)
+    if not as_json:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("image", "caption", "score")
+        for path, text, score in rows:
+            table.add_row(str(path), text, f"{score:.3f}")
+        Console().print(table)
+
+
+def bench_captions_command(
+    video: Optional[Path] = typer.Option(None, "--video", help="Video for the flicker test; default samples/ clip."),
+    still: Optional[Path] = typer.Option(None, "--still", help="Photo cut to in the responsiveness test."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Caption checkpoint (.pt)."),
+    interval: float = typer.Option(2.0, "--interval", min=0.0, help="Seconds of stream time between captions."),
+    confirm_runs: int = typer.Option(2, "--confirm-runs", min=1, help="Smoother: runs to confirm a change."),
+    confident_score: Optional[float] = typer.Option(-0.6, "--confident-score",
+                                                    help="Smoother: score for an immediate hard change."),
+    feature_ema: Optional[float] = typer.Option(None, "--feature-ema", help="Average encoder features (alpha)."),
+    beam: int = typer.Option(3, "--beam", min=1),
+    cut_at: float = typer.Option(20.0, "--cut-at", help="Seconds of video before the hard cut."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+) -> None:
+    """Measure caption flicker (changes/minute, raw vs shown) and responsiveness to a hard cut.
+
+    Example: streamcap bench-captions --video ../shared/media/vtest.avi --interval 2 --json
+    """
+    from streamcap.caption.api import Captioner
+    from streamcap.caption.flicker import bench, default_media
+    from streamcap.caption.smoothing import CaptionSmoother
+
+    try:
+        video = video or default_media("vtest.avi") or default_media("vtest_8s.mp4")
+        still = still or default_media("horses.jpg")
+        if video is None or still is None:
+            raise BadInputError("no default media found; pass --video FILE and --still FILE")
+        if not Path(video).is_file():
+            raise BadInputError(f"video {video} does not exist")
+        captioner = Captioner(model=model, beam=beam, feature_ema=feature_ema)
+        report = bench(captioner, video, still, interval,
+                       lambda: CaptionSmoother(confirm_runs=confirm_runs, confident_score=confident_score),
+                       cut_at_s=cut_at)
+    except StreamcapError as err:
+        raise _fail(err)
+    report["settings"] = {"model": str(captioner.checkpoint_path), "beam": beam, "interval_s": interval,
+                          "confirm_runs": confirm_runs, "confident_score": confident_score,
+                          "feature_ema": feature_ema}
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    f, r = report["flicker"], report["responsiveness"]
+    typer.echo(f"flicker on {f['video']} ({f['duration_s']} s, {f['runs']} captions every {interval} s): "
+               f"raw {f['raw_changes_per_min']}/min, shown {f['shown_changes_per_min']}/min")
+    typer.echo(f"hard cut at {r['cut_at_s']} s to {r['still']}: raw caption changed after "
+               f"{r['raw_latency_s']} s, shown after {r['shown_latency_s']} s "
+               f"({r['shown_before_cut']!r} -> {r['shown_after_cut']!r})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("caption")(caption_command)
+    app.command("bench-captions")(bench_captions_command)

@@ -1,0 +1,140 @@
+"""Captioner, `streamcap caption` and `bench-captions` end to end with a tiny checkpoint
+trained here in a second to overfit two photos (real lite0 encoder, offline)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from streamcap.caption.api import Captioner
+from streamcap.caption.checkpoint import save_checkpoint
+from streamcap.caption.encoder import build_encoder, preprocess
+from streamcap.caption.model import CaptionDecoder, CaptionModelConfig, caption_loss
+from streamcap.caption.vocab import Vocab, tokenize
+from streamcap.cli import app
+from streamcap.stages import CaptionStage
+from streamcap.types import Frame
+
+MEDIA = Path("/work/shared/media")
+TARGETS = {"dog.jpg": "a dog sits next to a bicycle", "horses.jpg": "horses graze in a green field"}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    encoder = build_encoder("efficientnet_lite0")
+    images = [cv2.imread(str(MEDIA / name))[:, :, ::-1] for name in TARGETS]
+    with torch.inference_mode():
+        feats = encoder(preprocess(images))  # (2, 1280, 7, 7)
+    tokens = [tokenize(t) for t in TARGETS.values()]
+    vocab = Vocab.build(tokens, min_count=1)
+    ids = [vocab.encode(t) for t in tokens]
+    T = max(map(len, ids))
+    caps = torch.tensor([x + [vocab.pad_id] * (T - len(x)) for x in ids])
+    cfg = CaptionModelConfig(vocab_size=len(vocab), feature_dim=1280, embed_dim=32, hidden_dim=64,
+                             attention_dim=32, dropout=0.0)
+    dec = CaptionDecoder(cfg)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
+    feats = feats.clone()
+    for _ in range(150):
+        logits, alphas = dec(feats, caps)
+        loss = caption_loss(logits, caps, alphas, alpha_c=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert caption_loss(logits, caps).item() < 0.1  # cross-entropy alone
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", dec.eval(), vocab,
+                           "efficientnet_lite0", train_info={"steps": 150})
+
+
+def test_captioner_reproduces_the_overfit_captions(trained_ckpt):
+    for beam in (1, 3):
+        cap = Captioner(trained_ckpt, device="cpu", beam=beam)
+        results = cap.caption_images([str(MEDIA / n) for n in TARGETS], batch_size=2, return_alphas=True)
+        assert [r.text for r in results] == list(TARGETS.values())
+        for r in results:
+            assert r.score <= 0 and r.alphas.shape == (len(r.tokens), 7, 7)
+            assert np.allclose(r.alphas.sum(axis=(1, 2)), 1.0, atol=1e-4)
+
+
+def test_captioner_is_a_caption_stage_on_bgr_frames(trained_ckpt):
+    cap = Captioner(trained_ckpt, device="cpu", feature_ema=0.5)
+    assert isinstance(cap, CaptionStage)
+    dog, horses = (cv2.imread(str(MEDIA / n)) for n in TARGETS)
+    text, score = cap(Frame("cam", 0, 0.0, 0.0, dog))
+    assert text == TARGETS["dog.jpg"] and isinstance(score, float)
+    assert cap(Frame("cam", 1, 2.0, 0.0, dog))[0] == TARGETS["dog.jpg"]
+    assert cap(Frame("cam", 2, 4.0, 0.0, horses))[0] == TARGETS["horses.jpg"]  # hard change resets
+    assert cap.ema_resets == 1
+
+
+def test_caption_cli_json_and_table(trained_ckpt, tmp_path):
+    res = runner.invoke(app, ["caption", str(MEDIA / "dog.jpg"), str(MEDIA / "horses.jpg"),
+                              "--model", str(trained_ckpt), "--json", "--beam", "2", "--batch-size", "1"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.strip().splitlines()]
+    assert [set(r) for r in rows] == [{"image", "caption", "score"}] * 2
+    assert [r["caption"] for r in rows] == list(TARGETS.values())
+    assert all(isinstance(r["score"], float) for r in rows)
+    out = tmp_path / "att.png"
+    res = runner.invoke(app, ["caption", str(MEDIA / "dog.jpg"), "--model", str(trained_ckpt),
+                              "--attention-map", str(out)])
+    assert res.exit_code == 0 and "bicycle" in res.stdout
+    grid = cv2.imread(str(out))
+    assert grid is not None and grid.shape == (224 * 2, 224 * 5, 3)  # image + 7 words, 5 per row
+
+
+def test_caption_cli_folders_and_globs(trained_ckpt, tmp_path):
+    for name in TARGETS:
+        (tmp_path / name).write_bytes((MEDIA / name).read_bytes())
+    for arg in (str(tmp_path), str(tmp_path / "*.jpg")):
+        res = runner.invoke(app, ["caption", arg, "--model", str(trained_ckpt), "--json"])
+        assert res.exit_code == 0, res.output
+        assert [json.loads(x)["image"] for x in res.stdout.splitlines()] == [
+            str(tmp_path / n) for n in sorted(TARGETS)]
+
+
+def test_caption_cli_bad_inputs_exit_2_with_one_line(trained_ckpt, tmp_path):
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image")
+    bad_ckpt = tmp_path / "bad.pt"
+    bad_ckpt.write_bytes(b"garbage")
+    cases = [
+        (["caption", str(tmp_path / "missing.jpg"), "--model", str(trained_ckpt)], "does not exist"),
+        (["caption", str(junk), "--model", str(trained_ckpt)], "cannot read image"),
+        (["caption", str(MEDIA / "dog.jpg"), "--model", str(bad_ckpt)], "corrupt"),
+        (["caption", str(MEDIA / "dog.jpg"), "--model", str(trained_ckpt), "--device", "tpu"], "--device"),
+        (["caption", str(tmp_path / "*.png"), "--model", str(trained_ckpt)], "no images match"),
+    ]
+    for args, message in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_missing_bundled_model_says_how_to_pass_one(monkeypatch, tmp_path):
+    import streamcap.caption.api as api
+
+    monkeypatch.setattr(api, "BUNDLED_CHECKPOINT", tmp_path / "caption_flickr8k_lite0.pt")
+    res = runner.invoke(app, ["caption", str(MEDIA / "dog.jpg")])
+    assert res.exit_code == 2 and "--model" in res.stderr
+
+
+def test_bench_captions_reports_flicker_and_cut_latency(trained_ckpt):
+    res = runner.invoke(app, ["bench-captions", "--video", str(MEDIA / "vtest.avi"), "--still",
+                              str(MEDIA / "horses.jpg"), "--model", str(trained_ckpt), "--interval", "4",
+                              "--cut-at", "8", "--beam", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    f, r = report["flicker"], report["responsiveness"]
+    assert f["runs"] == 20 and f["shown_changes_per_min"] <= f["raw_changes_per_min"]
+    assert r["shown_after_cut"] == TARGETS["horses.jpg"]
+    assert 0 <= r["raw_latency_s"] <= r["shown_latency_s"] <= 8
