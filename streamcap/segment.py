@@ -27,6 +27,7 @@ import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from streamcap.errors import BadInputError
+from streamcap.rle import detections_summary  # noqa: F401  (re-exported for the JSONL sink)
 from streamcap.types import Detections, Frame
 from streamcap.weights import SEGMENTER_WEIGHTS, get_weights_entry, resolve_segmenter_weights
 

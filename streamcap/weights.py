@@ -166,7 +166,7 @@ def _file_size(path: Path) -> int | None:
 
 
 def list_models() -> list[ModelInfo]:
-    """The segmenters (v1, v2) and the bundled caption model, with cache state on this machine."""
+    """The segmenters (v1, v2), and the bundled caption model when present, with cache state."""
     out = []
     for name, entry in SEGMENTER_WEIGHTS.items():
         path = cache_path(entry)
@@ -181,6 +181,8 @@ def list_models() -> list[ModelInfo]:
                 size_bytes=_file_size(path),
             )
         )
+    if not CAPTION_ASSET.is_file():
+        return out
     out.append(
         ModelInfo(
             name="caption",
