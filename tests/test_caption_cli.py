@@ -138,3 +138,23 @@ def test_bench_captions_reports_flicker_and_cut_latency(trained_ckpt):
     assert f["runs"] == 20 and f["shown_changes_per_min"] <= f["raw_changes_per_min"]
     assert r["shown_after_cut"] == TARGETS["horses.jpg"]
     assert 0 <= r["raw_latency_s"] <= r["shown_latency_s"] <= 8
+
+
+def test_caption_image_python_api(trained_ckpt):
+    from streamcap.caption import caption_image
+
+    text, score = caption_image(str(MEDIA / "horses.jpg"), model=trained_ckpt, beam=2)
+    assert text == TARGETS["horses.jpg"] and score <= 0
+    rgb = cv2.imread(str(MEDIA / "dog.jpg"))[:, :, ::-1].copy()
+    assert caption_image(rgb, model=trained_ckpt, beam=2)[0] == TARGETS["dog.jpg"]
+
+
+def test_flicker_stats_on_synthetic_captions():
+    from streamcap.caption.flicker import flicker_stats
+    from streamcap.caption.smoothing import CaptionSmoother
+
+    words = ["a man walks down the street", "a man is walking on a street", "people walk on a street"]
+    records = [(2.0 * i, words[i % 3], -1.0) for i in range(30)]  # 60 s of rewordings
+    stats = flicker_stats(records, CaptionSmoother(confident_score=None), duration_s=60.0)
+    assert stats["raw_changes_per_min"] == 29 and stats["shown_changes_per_min"] == 0
+    assert stats["distinct_raw"] == 3 and stats["distinct_shown"] == 1

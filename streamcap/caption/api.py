@@ -49,14 +49,14 @@ def resolve_checkpoint(model: str | Path | None) -> Path:
 
 def read_image_rgb(path: str | Path) -> np.ndarray:
     """An image file as RGB uint8 (H, W, 3); BadInputError when missing or unreadable."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"image {path} does not exist")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # phone photos upright
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise BadInputError(f"cannot read image {path}: {type(err).__name__}: {str(err)[:120]}") from None
 
