@@ -37,7 +37,7 @@ def expand_images(args: list[str]) -> list[Path]:
 
 
 def _fail(err: StreamcapError) -> typer.Exit:
-    typer.echo(f"error: {err}", err=True)
+    typer.echo(f"streamcap: error: {err}", err=True)
     return typer.Exit(err.exit_code)
 
 
