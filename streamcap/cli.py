@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import importlib
-import logging
-import sys
-from pathlib import Path
-from typing import Annotated, Optional
+import os
 
-import typer
-from rich.console import Console
+# The command line owns the process: keep OpenCV's and FFmpeg's own chatter off stderr so an
+# error is one line (set before cv2 is first imported; a user's own setting wins).
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-from streamcap.capture import SourceConfig
-from streamcap.errors import EXIT_INTERNAL, StreamcapError
-from streamcap.pipeline import PipelineConfig
+import importlib  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from streamcap.capture import SourceConfig  # noqa: E402
+from streamcap.errors import EXIT_INTERNAL, StreamcapError  # noqa: E402
+from streamcap.pipeline import PipelineConfig  # noqa: E402
 
 app = typer.Typer(
     name="streamcap",
@@ -24,7 +31,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 # -- shared options ------------------------------------------------------------------------------
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the annotated video here (MP4).")]
@@ -61,6 +68,7 @@ CapModel = Annotated[Optional[Path], typer.Option("--caption-model", help="Capti
 CapEvery = Annotated[Optional[int], typer.Option("--caption-every", min=1, help="Caption every N processed frames.")]
 CapInterval = Annotated[Optional[float], typer.Option("--caption-interval", help="Caption every T seconds of stream time (default 2.0).")]
 Beam = Annotated[int, typer.Option("--beam", min=1, help="Beam width for captions.")]
+Duration = Annotated[Optional[float], typer.Option("--duration", help="Stop after this many seconds.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log source events and warnings to stderr.")]
 
 
@@ -156,7 +164,11 @@ def file(
     from streamcap.runner import Job
 
     _setup_logging(verbose)
-    src = _source(input, kind=None, drop=drop, stride=stride, queue_size=queue_size)
+    from streamcap.capture import source_kind
+
+    # `file` always reads from disk: a number or URL here is a file name, never a camera.
+    kind = "images" if source_kind(input) == "images" else "file"
+    src = _source(input, kind=kind, drop=drop, stride=stride, queue_size=queue_size)
     _run(Job(command="file", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
              stats=stats, hud=hud, argv=sys.argv[1:],
              pipeline=PipelineConfig(stats_interval_s=stats_interval, log_every=log_every, log_masks=log_masks,
@@ -180,7 +192,7 @@ def live(
     seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
     classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = 1,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
-    caption_interval: CapInterval = None, beam: Beam = 3, verbose: Verbose = False,
+    caption_interval: CapInterval = None, beam: Beam = 3, duration: Duration = None, verbose: Verbose = False,
 ) -> None:
     """Watch a live source with bounded latency: the newest frame wins, stale ones are dropped.
 
@@ -201,7 +213,7 @@ def live(
                   max_retries=max_retries, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
                   watchdog_s=watchdog)
     _run(Job(command="live", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
-             stats=stats, hud=hud, argv=sys.argv[1:],
+             stats=stats, hud=hud, argv=sys.argv[1:], duration_s=duration,
              pipeline=PipelineConfig(stats_interval_s=stats_interval, log_every=log_every, log_masks=log_masks,
                                      on_stage_error=on_stage_error),
              segment=_seg_options(no_segment, seg_model, seg_weights, seg_size, score_threshold, mask_threshold,
@@ -222,7 +234,7 @@ def monitor(
     seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
     classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = 1,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
-    caption_interval: CapInterval = None, beam: Beam = 3, verbose: Verbose = False,
+    caption_interval: CapInterval = None, beam: Beam = 3, duration: Duration = None, verbose: Verbose = False,
 ) -> None:
     """Headless monitoring of several cameras in one process, logging to JSONL.
 
@@ -243,6 +255,7 @@ def monitor(
                        open_timeout_s=open_timeout, read_timeout_s=read_timeout, watchdog_s=watchdog)
                for u in urls]
     _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=sys.argv[1:], progress=False,
+             duration_s=duration,
              pipeline=PipelineConfig(stats_interval_s=stats_interval, log_every=log_every, log_masks=log_masks,
                                      on_stage_error=on_stage_error),
              segment=_seg_options(no_segment, seg_model, seg_weights, seg_size, score_threshold, mask_threshold,
@@ -276,7 +289,8 @@ _register_commands()
 def main() -> None:
     """Entry point: one line and a documented exit code for every error the user can fix."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns a typer.Exit's code in this mode
+        sys.exit(code if isinstance(code, int) else 0)
     except StreamcapError as err:
         err_console.print(f"streamcap: error: {err}", style="red", highlight=False, markup=False)
         sys.exit(err.exit_code)

@@ -89,6 +89,9 @@ class Stats:
             self.latency_max_ms = max(self.latency_max_ms, latency_ms)
             self.latency_ms = latency_ms if self.latency_ms is None else 0.9 * self.latency_ms + 0.1 * latency_ms
 
+    def snapshot_elapsed(self) -> float:
+        return time.monotonic() - self._t_start
+
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         frames_in = sum(r.frames_read for r in self._readers)
@@ -201,7 +204,8 @@ class Pipeline:
             state["status"] = status
             state["since"] = iso_time(time.time())
         level = logging.WARNING if status in ("lost", "stalled", "gave_up", "frame_error", "connect_failed") else logging.INFO
-        log.log(level, "source %s: %s %s", source, status, fields or "")
+        detail = " ".join(f"{k}={v}" for k, v in fields.items())
+        log.log(level, "source %s: %s %s", source, status, detail)
         event = "frame_error" if status == "frame_error" else "source_status"
         extra = fields if event == "frame_error" else {"status": status, **fields}
         self._log(event, source=source, **extra)
@@ -501,7 +505,8 @@ class Pipeline:
             s.reason, s.exit_code = reason, EXIT_SIGTERM
         elif self.readers and all(r.gave_up and not r.ever_connected for r in self.readers):
             s.reason, s.exit_code = "sources_failed", EXIT_SOURCE_FAILED
-            s.error = "no source ever connected: " + ", ".join(r.cfg.name for r in self.readers)
+            s.error = ("source never connected, gave up after --max-retries: "
+                       + ", ".join(r.cfg.name for r in self.readers))
         else:
             s.reason, s.exit_code = reason, EXIT_OK
         if s.reason == "error" and self.video is not None:

@@ -45,6 +45,7 @@ class Job:
     segment: dict[str, Any] | None = None
     caption: dict[str, Any] | None = None
     argv: list[str] = field(default_factory=list)
+    duration_s: float | None = None  # stop after this many seconds (live, monitor)
 
 
 def build_models(job: Job, console: Console | None = None):
@@ -106,11 +107,18 @@ def validate(job: Job) -> dict[str, Any]:
 
 
 def run_job(job: Job, *, console: Console | None = None, on_result: Callable | None = None,
-            on_frame: Callable | None = None, install_signals: bool = True) -> RunSummary:
-    """Validate, build, run, and always finalize; returns the summary (exit code inside)."""
+            on_frame: Callable | None = None, install_signals: bool = True, stage: Any = None,
+            captioner: Any = None) -> RunSummary:
+    """Validate, build, run, and always finalize; returns the summary (exit code inside).
+
+    ``stage`` / ``captioner`` replace the models the job describes (embedding, tests).
+    """
     console = console or Console(stderr=True)
     infos = validate(job)
-    stage, summarize, captioner, sched, smoother, renderer = build_models(job, console)
+    built_stage, summarize, built_captioner, sched, smoother, renderer = build_models(
+        job if stage is None else _without(job, "segment"), console)
+    stage = stage or built_stage
+    captioner = captioner or built_captioner
     resolved = [s.resolved() for s in job.sources]
     video = None
     if job.out is not None:
@@ -142,6 +150,8 @@ def run_job(job: Job, *, console: Console | None = None, on_result: Callable | N
         with _Display(console, job, total) as display:
             def on_tick(p: Pipeline) -> None:
                 display.update(p)
+                if job.duration_s is not None and p.stats.snapshot_elapsed() >= job.duration_s:
+                    p.request_stop("duration")
                 if window is not None:
                     try:
                         image = p.display_slot.get_nowait()
@@ -159,6 +169,12 @@ def run_job(job: Job, *, console: Console | None = None, on_result: Callable | N
         if log_sink is not None:
             log_sink.close()
     return summary
+
+
+def _without(job: Job, attr: str) -> Job:
+    from dataclasses import replace
+
+    return replace(job, **{attr: None})
 
 
 def _redact_arg(arg: str) -> str:

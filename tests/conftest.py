@@ -1,0 +1,178 @@
+"""Shared fixtures: small videos written into tmp_path, a real RTSP server, fake stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MEDIA = SHARED / "media"
+SAMPLE_CLIP = REPO / "samples" / "vtest_8s.mp4"
+
+
+def write_video(path: Path, n: int = 20, size: tuple[int, int] = (160, 120), fps: float = 10.0) -> Path:
+    """A video whose frame i is uniformly grey level (i * 10) % 250 with a moving square."""
+    w, h = size
+    fourcc = "MJPG" if Path(path).suffix.lower() == ".avi" else "mp4v"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened()
+    for i in range(n):
+        img = np.full((h, w, 3), (i * 10) % 250, np.uint8)
+        x = (i * 7) % (w - 20)
+        img[10:30, x:x + 20] = (0, 0, 255)
+        writer.write(img)
+    writer.release()
+    return path
+
+
+def frame_level(image: np.ndarray) -> int:
+    """The grey level write_video used (a multiple of 10), read back away from the square."""
+    return int(round(float(image[-10:, -10:].mean()) / 10.0)) * 10
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every line must parse: that is part of what the tests check."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def probe_frames(path: Path) -> int:
+    """Frames ffprobe decodes to the end of the file (ffprobe must read it all)."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0",
+                          "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip().split(",")[0])
+
+
+@pytest.fixture
+def small_video(tmp_path: Path) -> Path:
+    return write_video(tmp_path / "small.mp4", n=20)
+
+
+class SlowStage:
+    """A fake model: sleeps per frame, returns no detections, records what it saw."""
+
+    name = "slow"
+
+    def __init__(self, delay_s: float = 0.05, batch_size: int = 1, fail_on: set[int] | None = None) -> None:
+        self.delay_s = delay_s
+        self.batch_size = batch_size
+        self.fail_on = fail_on or set()
+        self.seen: list[int] = []
+
+    def __call__(self, frames):
+        time.sleep(self.delay_s * len(frames))
+        for f in frames:
+            if f.index in self.fail_on:
+                raise RuntimeError(f"fake failure on frame {f.index}")
+        self.seen.extend(f.index for f in frames)
+        return [None for _ in frames]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+class RtspServer:
+    """Debian's rtsp-server-perl on loopback, fed by ffmpeg looping a clip (UDP transport only)."""
+
+    def __init__(self, clip: Path, mount: str = "cam1", size: tuple[int, int] | None = None) -> None:
+        need_tool("rtsp-server-perl")
+        need_tool("ffmpeg")
+        self.clip = clip
+        self.mount = mount
+        self.size = size
+        self.client_port = free_port()
+        self.source_port = free_port()
+        self.rtp_port = 20000 + (self.client_port % 20000)
+        self.server: subprocess.Popen | None = None
+        self.publisher: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.client_port}/{self.mount}"
+
+    def start(self, publish: bool = True) -> "RtspServer":
+        self.server = subprocess.Popen(
+            ["rtsp-server-perl", "-c", str(self.client_port), "-s", str(self.source_port), "-l", "1",
+             "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1",
+             "--rtp_start_port", str(self.rtp_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self._wait_port(self.source_port)
+        if publish:
+            self.publish()
+        return self
+
+    def publish(self, size: tuple[int, int] | None = None) -> None:
+        size = size or self.size
+        vf = ["-vf", f"scale={size[0]}:{size[1]}"] if size else []
+        codec = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-bf", "0"] if size else ["-c:v", "copy"]
+        self.publisher = subprocess.Popen(
+            ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip), "-an", *vf, *codec,
+             "-f", "rtsp", f"rtsp://127.0.0.1:{self.source_port}/{self.mount}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+
+    def stop_publisher(self) -> None:
+        if self.publisher is not None:
+            self.publisher.kill()
+            self.publisher.wait(timeout=10)
+            self.publisher = None
+
+    def kill(self) -> None:
+        self.stop_publisher()
+        if self.server is not None:
+            self.server.kill()
+            self.server.wait(timeout=10)
+            self.server = None
+
+    def _wait_port(self, port: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"rtsp server did not listen on {port}")
+
+
+@pytest.fixture
+def rtsp_server():
+    servers: list[RtspServer] = []
+
+    def make(clip: Path = SAMPLE_CLIP, **kw) -> RtspServer:
+        server = RtspServer(clip, **kw)
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        s.kill()
+
+
+def run_cli(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamcap", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import probe_frames, read_jsonl
+from streamcap.errors import BadInputError
+from streamcap.sinks import JSONL_SCHEMA_VERSION, JsonlSink, VideoFileSink, check_output_path
+
+
+def test_jsonl_lines_parse_and_carry_schema(tmp_path):
+    path = tmp_path / "log.jsonl"
+    with JsonlSink(path) as sink:
+        sink.write("frame", source="cam", frame_index=3, pts_s=0.3, detections={"count": np.int64(2)})
+        sink.write("caption", source="cam", raw="a dog", shown="a dog")
+    records = read_jsonl(path)
+    assert [r["event"] for r in records] == ["frame", "caption"]
+    assert all(r["schema"] == JSONL_SCHEMA_VERSION and r["time"].endswith("+00:00") for r in records)
+    assert records[0]["detections"]["count"] == 2
+
+
+def test_jsonl_appends_and_repairs_a_cut_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"event":"old","schema":1}\n{"event":"cut-of', encoding="utf-8")
+    with JsonlSink(path) as sink:
+        sink.write("new")
+    records = read_jsonl(path)
+    assert [r["event"] for r in records] == ["old", "new"]
+
+
+def test_jsonl_is_flushed_per_line(tmp_path):
+    path = tmp_path / "log.jsonl"
+    sink = JsonlSink(path).open()
+    sink.write("one")
+    assert json.loads(path.read_text().splitlines()[0])["event"] == "one"  # before close
+    sink.close()
+
+
+def test_jsonl_refuses_symlink(tmp_path):
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("precious\n")
+    link = tmp_path / "log.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(BadInputError, match="symbolic link"):
+        check_output_path(link, append=True)
+    assert target.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("codec,expected", [("auto", "h264"), ("mp4v", "mp4v")])
+def test_video_sink_writes_playable_file_of_source_size(tmp_path, codec, expected):
+    path = tmp_path / f"out_{codec}.mp4"
+    with VideoFileSink(path, fps=10, codec=codec) as sink:
+        for i in range(12):
+            sink.write(np.full((121, 161, 3), i * 20, np.uint8), pts_s=i / 10)
+        sink.write(np.zeros((240, 320, 3), np.uint8), pts_s=1.2)  # a size change is resized
+    assert expected in sink.encoder
+    assert sink.size == (160, 120)
+    assert probe_frames(path) == 13
+
+
+def test_check_output_path(tmp_path):
+    src = tmp_path / "in.mp4"
+    src.write_bytes(b"x")
+    with pytest.raises(BadInputError, match="is the input"):
+        check_output_path(src, [str(src)], overwrite=True)
+    with pytest.raises(BadInputError, match="exists"):
+        check_output_path(src)
+    assert check_output_path(src, overwrite=True) == src
+    assert check_output_path(tmp_path / "new" / "dir" / "out.mp4").parent.is_dir()
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(BadInputError, match="cannot create output folder"):
+        check_output_path(blocker / "sub" / "out.mp4")
+    with pytest.raises(BadInputError, match="not writable|cannot create"):
+        check_output_path("/proc/streamcap-test/out.mp4")
