@@ -202,6 +202,10 @@ class VideoFileSink:
             stream.pix_fmt = "yuv420p"
             stream.options = {"preset": self.preset, "crf": str(self.crf), "movflags": "+faststart"}
             stream.time_base = Fraction(1, 1000)
+            # The encoder counts in milliseconds too: with its default 1/fps time base, two
+            # frames closer than 1/fps (variable frame rate, a live camera's jitter) round to
+            # the same tick and the muxer fails the whole file with EINVAL.
+            stream.codec_context.time_base = Fraction(1, 1000)
         except Exception:
             container.close()
             raise
