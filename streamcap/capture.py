@@ -317,6 +317,7 @@ class SourceReader(threading.Thread):
             self.info = SourceInfo(fps, (0, 0), int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
             self._connected = self.ever_connected = True
             t_start = time.monotonic()
+            stopped = False
             for index, img, pos_ms in self._read_frames(cap, 0):
                 # Container time when FFmpeg gives one, else computed from fps.
                 pts = pos_ms / 1000.0 if pos_ms and pos_ms > 0 else index / fps
@@ -329,10 +330,29 @@ class SourceReader(threading.Thread):
                 if self.info.size == (0, 0):
                     self.info.size = (img.shape[1], img.shape[0])
                 if not self._emit(img, index, pts):
+                    stopped = True
                     break
+            if not stopped and not self._halt.is_set():
+                self._note_short_file(cap)
             self.on_status(self.cfg.name, "ended", frames=self.frames_read)
         finally:
             cap.release()
+
+    def _note_short_file(self, cap: cv2.VideoCapture) -> None:
+        """A file whose decoding stopped well before its container's frame count was cut
+        short or is damaged past that point: say so in the log instead of ending quietly.
+        (The count is an estimate for some containers, hence the margin.)"""
+        expected = self.info.frame_count
+        decoded = int(cap.get(cv2.CAP_PROP_POS_FRAMES) or 0)
+        if expected <= 0 or decoded <= 0:
+            return
+        missing = expected - decoded
+        if missing > max(2, expected // 50):
+            self.errors += missing
+            self.on_status(self.cfg.name, "truncated", decoded_frames=decoded, expected_frames=expected,
+                           missing_frames=missing,
+                           message=f"input ended after {decoded} of {expected} frames "
+                                   f"(truncated or damaged file); the rest was skipped")
 
     def _run_images(self) -> None:
         files = list_images(self.cfg.uri)

@@ -203,7 +203,7 @@ class Pipeline:
             state = self._source_state.setdefault(source, {})
             state["status"] = status
             state["since"] = iso_time(time.time())
-        level = logging.WARNING if status in ("lost", "stalled", "gave_up", "frame_error", "connect_failed") else logging.INFO
+        level = logging.WARNING if status in ("lost", "stalled", "gave_up", "frame_error", "connect_failed", "truncated") else logging.INFO
         detail = " ".join(f"{k}={v}" for k, v in fields.items())
         log.log(level, "source %s: %s %s", source, status, detail)
         event = "frame_error" if status == "frame_error" else "source_status"
