@@ -48,30 +48,36 @@ class Job:
     duration_s: float | None = None  # stop after this many seconds (live, monitor)
 
 
-def build_models(job: Job, console: Console | None = None):
-    """(stage, summarize, captioner, schedule_factory, smoother_factory, renderer)."""
+def build_models(job: Job, console: Console | None = None, *, stage: Any = None, captioner: Any = None):
+    """(stage, summarize, captioner, schedule_factory, smoother_factory, renderer).
+
+    A given ``stage``/``captioner`` is used instead of building the model the job describes.
+    """
     from streamcap.stages import NoOpStage
 
-    stage, summarize = NoOpStage(), None
-    if job.segment is not None:
-        from streamcap.segment import SegmenterConfig, build_segmenter, detections_summary
+    from streamcap.rle import detections_summary
 
-        seg_cfg = SegmenterConfig(**job.segment)
-        stage = build_segmenter(seg_cfg)
-        log_objects, log_masks = job.pipeline.log_objects, job.pipeline.log_masks
-        summarize = lambda det: detections_summary(det, objects=log_objects, masks_rle=log_masks)  # noqa: E731
-        if getattr(stage, "random_weights", False) and console is not None:
-            console.print("[yellow]segmenter: untrained random weights (--seg-weights random): "
-                          "detections are meaningless[/]")
-    captioner = schedule_factory = smoother_factory = None
-    if job.caption is not None:
-        from streamcap.caption.api import Captioner
+    if stage is None and job.segment is None:
+        stage = NoOpStage()
+    if stage is None:
+        from streamcap.segment import SegmenterConfig, build_segmenter
+
+        stage = build_segmenter(SegmenterConfig(**job.segment))  # warns itself about random weights
+    log_objects, log_masks = job.pipeline.log_objects, job.pipeline.log_masks
+    summarize = lambda det: detections_summary(det, objects=log_objects, masks_rle=log_masks)  # noqa: E731
+    schedule_factory = smoother_factory = None
+    if job.caption is not None or captioner is not None:
         from streamcap.caption.smoothing import CaptionSchedule, CaptionSmoother
 
-        opts = dict(job.caption)
+        opts = dict(job.caption or {})
         every, interval = opts.pop("every", None), opts.pop("interval", None)
+        if every is None and interval is None:
+            interval = 2.0
         smooth = opts.pop("smooth", True)
-        captioner = Captioner(**opts)
+        if captioner is None:
+            from streamcap.caption.api import Captioner
+
+            captioner = Captioner(**opts)
         schedule_factory = lambda: CaptionSchedule(every_n_frames=every, interval_s=interval)  # noqa: E731
         smoother_factory = CaptionSmoother if smooth else None
     renderer = None
@@ -115,10 +121,8 @@ def run_job(job: Job, *, console: Console | None = None, on_result: Callable | N
     """
     console = console or Console(stderr=True)
     infos = validate(job)
-    built_stage, summarize, built_captioner, sched, smoother, renderer = build_models(
-        job if stage is None else _without(job, "segment"), console)
-    stage = stage or built_stage
-    captioner = captioner or built_captioner
+    stage, summarize, captioner, sched, smoother, renderer = build_models(job, console, stage=stage,
+                                                                          captioner=captioner)
     resolved = [s.resolved() for s in job.sources]
     video = None
     if job.out is not None:
@@ -171,12 +175,6 @@ def run_job(job: Job, *, console: Console | None = None, on_result: Callable | N
     return summary
 
 
-def _without(job: Job, attr: str) -> Job:
-    from dataclasses import replace
-
-    return replace(job, **{attr: None})
-
-
 def _redact_arg(arg: str) -> str:
     from streamcap.capture import redact_url
 
@@ -198,7 +196,7 @@ class _Display:
         if self.job.stats:
             self.live = Live(Table(), console=self.console, refresh_per_second=2, transient=False)
             self.live.__enter__()
-        elif self.job.progress and self.job.command == "file":
+        elif self.job.progress and self.job.command in ("file", "api"):
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[fps]:>6.1f} fps"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -229,3 +227,42 @@ class _Display:
             self.progress.__exit__(*exc)
         if self.live is not None:
             self.live.__exit__(*exc)
+
+
+def run(
+    source: str | list[str],
+    *,
+    out: str | Path | None = None,
+    log: str | Path | None = None,
+    segment: dict[str, Any] | bool = True,
+    caption: dict[str, Any] | bool = True,
+    on_result: Callable | None = None,
+    on_frame: Callable | None = None,
+    overwrite: bool = False,
+    pipeline: PipelineConfig | None = None,
+    stage: Any = None,
+    captioner: Any = None,
+    progress: bool = False,
+    duration_s: float | None = None,
+    **source_options: Any,
+) -> RunSummary:
+    """Run streamcap from Python: one source (or several) through the models into sinks.
+
+    ``segment``/``caption``: True for the defaults, False to leave the model out, or a dict of
+    options (``SegmenterConfig`` fields; ``model``, ``beam``, ``every``, ``interval`` for
+    captions). ``on_result(result)`` gets each ``FrameResult`` in order; ``on_frame(result,
+    image)`` also gets the annotated image. ``source_options`` go to ``SourceConfig``
+    (``stride``, ``drop``, ``rtsp_transport``, ``max_retries``, ...). Raises StreamcapError on
+    bad input; the returned summary carries the exit code of anything that failed later.
+    """
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    configs = [SourceConfig(uri=str(s), **source_options) for s in sources]
+    seg = None if segment is False else ({} if segment is True else dict(segment))
+    cap = None if caption is False else ({"interval": 2.0} if caption is True else dict(caption))
+    if cap is not None and cap.get("every") is None and cap.get("interval") is None:
+        cap["interval"] = 2.0
+    job = Job(command="api", sources=configs, out=Path(out) if out else None, overwrite=overwrite,
+              log=Path(log) if log else None, progress=progress, segment=seg, caption=cap,
+              pipeline=pipeline or PipelineConfig(), duration_s=duration_s)
+    return run_job(job, on_result=on_result, on_frame=on_frame, stage=stage, captioner=captioner,
+                   install_signals=threading.current_thread() is threading.main_thread())
