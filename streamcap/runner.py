@@ -137,7 +137,9 @@ def run_job(job: Job, *, console: Console | None = None, on_result: Callable | N
     if log_sink is not None:
         log_sink.write("run", command=job.command, argv=[_redact_arg(a) for a in job.argv],
                        sources=[s.name for s in resolved], stage=stage.name,
-                       random_weights=bool(getattr(stage, "random_weights", False)))
+                       stage_info=stage.describe() if hasattr(stage, "describe") else stage.name,
+                       random_weights=bool(getattr(stage, "random_weights", False)),
+                       captioner=getattr(captioner, "name", None))
     old_handlers = {}
     if install_signals and threading.current_thread() is threading.main_thread():
         def handler(signum, _frame):

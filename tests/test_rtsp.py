@@ -52,3 +52,30 @@ def test_server_killed_and_restarted_reconnects(tmp_path, rtsp_server):
     assert frames == sorted(frames)
     assert any(r["event"] == "stats" for r in records)
     assert records[-1]["event"] == "end" and records[-1]["reason"] == "duration"
+
+
+def test_http_source_is_read_as_a_live_stream(tmp_path):
+    """An HTTP URL (a plain file server here) is a live source: read, tagged, logged."""
+    import functools
+    import http.server
+    import threading
+
+    from conftest import SAMPLE_CLIP
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SAMPLE_CLIP.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    log = tmp_path / "log.jsonl"
+    url = f"http://127.0.0.1:{server.server_address[1]}/{SAMPLE_CLIP.name}"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "streamcap", "live", "--source", url, "--no-segment", "--no-caption",
+             "--log", str(log), "--duration", "4"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(log)
+    assert next(r for r in records if r["event"] == "source_status")["status"] == "connected"
+    frames = [r for r in records if r["event"] == "frame"]
+    assert len(frames) > 5 and all(r["source"] == url for r in frames)
