@@ -133,13 +133,13 @@ def parse_flickr30k(path: Path) -> CaptionSet:
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        parts = [p.strip() for p in line.split("|")]
+        parts = [p.strip() for p in line.split("|", 2)]
         if lineno == 1 and parts and parts[0].lower() == "image_name":
             continue
         if len(parts) < 3 or not parts[0] or not parts[1].isdigit() or not parts[2]:
             raise _bad(path, lineno, f"expected 'image_name| comment_number| comment', "
                        f"got {line[:60]!r}")
-        out.add(parts[0], "|".join(parts[2:]).strip())
+        out.add(parts[0], parts[2])
     if not out:
         raise _bad(path, None, "no captions found")
     return out
