@@ -348,8 +348,8 @@ class Segmenter:
 
     def _forward(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         with torch.inference_mode():
-            if self.config.channels_last:
-                tensors = [t.contiguous(memory_format=torch.channels_last) for t in tensors]
+            # channels_last: the weights are converted in build_segmenter; convolutions then
+            # propagate the format (the (3, H, W) inputs are batched inside the model).
             use_amp = self.config.fp16 and self.device.type == "cuda"
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp) if use_amp else contextlib.nullcontext():
                 outputs = self.model(tensors)

@@ -244,3 +244,13 @@ def test_config_validation():
     if not torch.cuda.is_available():
         with pytest.raises(BadInputError, match="CUDA is not available"):
             build_segmenter(weights="random", device="cuda")
+
+
+def test_v2_builds_and_runs_with_channels_last():
+    seg = build_segmenter(
+        model="v2", weights="random", seg_size=64, proposals=20, score_threshold=0.0, max_detections=2,
+        channels_last=True, device="cpu",
+    )
+    det = seg.segment_images([_image(64, 80, 9)])[0]
+    assert seg.names == category_names("v2") and 0 < len(det) <= 2
+    assert det.masks.shape == (len(det), 64, 80)
