@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -417,7 +418,9 @@ def build_segmenter(config: SegmenterConfig | None = None, **options: Any) -> Se
 
         config = replace(config, **options)
     device = resolve_device(config.device)
-    resolved = resolve_segmenter_weights(config.model, config.weights, download=config.download)
+    resolved = resolve_segmenter_weights(
+        config.model, config.weights, download=config.download, progress=sys.stderr.isatty()
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = _build_model(config.model)

@@ -12,6 +12,7 @@ file, its URL and the folder to put it in; no traceback, and nothing is download
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,8 @@ from torchvision.models.detection import (
 )
 
 from streamcap.errors import BadInputError
+
+log = logging.getLogger(__name__)
 
 # The segmenter models: short name -> torchvision weights entry (URL, categories, transforms).
 SEGMENTER_WEIGHTS: dict[str, Any] = {
@@ -148,6 +151,7 @@ def resolve_segmenter_weights(
         return ResolvedWeights("cache", cached, load_state_dict_file(cached))
     if not download:
         raise BadInputError(offline_message(model, "downloads are off"))
+    log.info("Downloading %s to %s", entry.url, cached.parent)
     try:
         sd = torch.hub.load_state_dict_from_url(
             entry.url, progress=progress, check_hash=True, map_location="cpu"
