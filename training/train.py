@@ -374,6 +374,7 @@ def train(args) -> dict:
             return {"dev_" + k: v for k, v in m.items()}
 
         t_start = time.time()
+        start_step = step
         stop = step >= total_steps
         seen_images, t_rate, running = 0, time.time(), []
         feats_all = torch.from_numpy(prep.train_feats)
@@ -444,7 +445,10 @@ def train(args) -> dict:
                 if epoch >= args.epochs:
                     stop = True
         result = {"step": step, "epoch": epoch, "best_dev": best, "metric": args.metric,
-                  "train_seconds": round(time.time() - t_start, 1), "out": str(args.out)}
+                  "train_seconds": round(time.time() - t_start, 1), "out": str(args.out),
+                  "start_step": start_step,
+                  "loss_start": float(np.mean(running[:5])) if running else None,
+                  "loss_end": float(np.mean(running[-5:])) if running else None}
         if args.average_last and len(recent_states) > 1:
             avg = {k: sum(s[k].float() for s in recent_states) / len(recent_states)
                    for k in recent_states[0]}
