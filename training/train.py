@@ -31,7 +31,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "streamcap" / "features"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.train", description=__doc__.split("\n")[1].strip() or None,
+        prog="python -m training.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=FORMAT_HELP)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", required=True, choices=FORMATS, help="captions file format (below)")
@@ -89,7 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", type=Path, help="resume.pt (or its run folder) to continue from")
     g.add_argument("--export", type=Path, help="also write best weights as a small fp16 checkpoint here")
     g.add_argument("--no-progress", action="store_true", help="plain log lines instead of bars")
-    g.add_argument("--skip-bad-lines", action="store_true", help="(reserved) malformed lines are errors")
     return p
 
 
