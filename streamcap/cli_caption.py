@@ -103,8 +103,11 @@ def bench_captions_command(
     model: Optional[Path] = typer.Option(None, "--model", help="Caption checkpoint (.pt)."),
     interval: float = typer.Option(2.0, "--interval", min=0.0, help="Seconds of stream time between captions."),
     confirm_runs: int = typer.Option(2, "--confirm-runs", min=1, help="Smoother: runs to confirm a change."),
-    confident_score: Optional[float] = typer.Option(-0.6, "--confident-score",
-                                                    help="Smoother: score for an immediate hard change."),
+    confident_margin: Optional[float] = typer.Option(0.5, "--confident-margin",
+                                                     help="Smoother: hard change at once when this much "
+                                                          "more sure than of the shown scene."),
+    confident_score: Optional[float] = typer.Option(None, "--confident-score",
+                                                    help="Smoother: absolute score for an immediate hard change."),
     feature_ema: Optional[float] = typer.Option(None, "--feature-ema", help="Average encoder features (alpha)."),
     beam: int = typer.Option(3, "--beam", min=1),
     cut_at: float = typer.Option(20.0, "--cut-at", help="Seconds of video before the hard cut."),
@@ -127,12 +130,14 @@ def bench_captions_command(
             raise BadInputError(f"video {video} does not exist")
         captioner = Captioner(model=model, beam=beam, feature_ema=feature_ema)
         report = bench(captioner, video, still, interval,
-                       lambda: CaptionSmoother(confirm_runs=confirm_runs, confident_score=confident_score),
+                       lambda: CaptionSmoother(confirm_runs=confirm_runs, confident_margin=confident_margin,
+                                              confident_score=confident_score),
                        cut_at_s=cut_at)
     except StreamcapError as err:
         raise _fail(err)
     report["settings"] = {"model": str(captioner.checkpoint_path), "beam": beam, "interval_s": interval,
-                          "confirm_runs": confirm_runs, "confident_score": confident_score,
+                          "confirm_runs": confirm_runs, "confident_margin": confident_margin,
+                          "confident_score": confident_score,
                           "feature_ema": feature_ema}
     if as_json:
         typer.echo(json.dumps(report))

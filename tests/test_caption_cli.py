@@ -155,6 +155,6 @@ def test_flicker_stats_on_synthetic_captions():
 
     words = ["a man walks down the street", "a man is walking on a street", "people walk on a street"]
     records = [(2.0 * i, words[i % 3], -1.0) for i in range(30)]  # 60 s of rewordings
-    stats = flicker_stats(records, CaptionSmoother(confident_score=None), duration_s=60.0)
+    stats = flicker_stats(records, CaptionSmoother(confident_margin=None), duration_s=60.0)
     assert stats["raw_changes_per_min"] == 29 and stats["shown_changes_per_min"] == 0
     assert stats["distinct_raw"] == 3 and stats["distinct_shown"] == 1

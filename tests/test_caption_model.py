@@ -193,3 +193,15 @@ def test_corrupt_missing_and_pickled_checkpoints(tmp_path):
     torch.save({"format_version": 1, "model": tiny_decoder()}, pickled)  # a whole module: refused
     with pytest.raises(BadInputError):
         load_checkpoint(pickled)
+
+
+def test_checkpoint_keeps_a_fine_tuned_encoder(tmp_path):
+    enc = build_encoder("efficientnet_lite0", pretrained=False)
+    with torch.no_grad():
+        enc.body._conv_head.weight.mul_(0.5)  # "fine-tuned"
+    dec = tiny_decoder(feature_dim=1280)
+    path = save_checkpoint(tmp_path / "ft.pt", dec, tiny_vocab(), "efficientnet_lite0", encoder_state=enc)
+    rebuilt = load_checkpoint(path).build_encoder()
+    assert not rebuilt.training and not any(p.requires_grad for p in rebuilt.parameters())
+    for k, v in enc.state_dict().items():
+        assert torch.equal(v, rebuilt.state_dict()[k])

@@ -22,7 +22,7 @@ def test_similarity_treats_rewordings_as_same_and_scenes_as_different():
 
 
 def test_rewordings_and_single_outliers_never_change_the_shown_caption():
-    s = CaptionSmoother(confirm_runs=2, confident_score=None)
+    s = CaptionSmoother(confirm_runs=2, confident_margin=None)
     seq = [(STREET[i % 4], -1.0) for i in range(20)]
     seq[7] = ("a group of people standing in front of a building", -1.2)  # one-off outlier
     seq[13] = ("a woman rides a bicycle", -1.1)
@@ -33,7 +33,7 @@ def test_rewordings_and_single_outliers_never_change_the_shown_caption():
 
 
 def test_alternating_noise_is_suppressed():
-    s = CaptionSmoother(confirm_runs=3, confident_score=None)
+    s = CaptionSmoother(confirm_runs=3, confident_margin=None)
     noise = ["a dog runs on grass", "a boy in a red shirt", "a car parked outside"]
     out = run(s, [(STREET[0], -1)] + [(noise[i % 3], -1.0) for i in range(12)])
     assert s.changes == 1 and all(shown == STREET[0] for shown, _ in out)
@@ -41,7 +41,7 @@ def test_alternating_noise_is_suppressed():
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_real_change_gets_through_within_k_runs_with_best_wording(k):
-    s = CaptionSmoother(confirm_runs=k, confident_score=None)
+    s = CaptionSmoother(confirm_runs=k, confident_margin=None)
     horses = [("a horse in a field", -1.5), ("two horses stand in a field", -0.7),
               ("horses standing in the field", -1.0)]
     out = run(s, [(STREET[0], -1.0), (STREET[1], -1.0)] + horses)
@@ -52,7 +52,7 @@ def test_real_change_gets_through_within_k_runs_with_best_wording(k):
 
 
 def test_confident_hard_change_is_immediate_but_not_before_min_hold():
-    s = CaptionSmoother(confirm_runs=3, confident_score=-0.5, hard_threshold=0.1, min_hold_s=3.0)
+    s = CaptionSmoother(confirm_runs=3, confident_margin=None, confident_score=-0.5, min_hold_s=3.0)
     assert s.update(STREET[0], -1.0, 0.0) == (STREET[0], True)
     assert s.update("a brown horse grazes in a field", -0.2, 2.0) == (STREET[0], False)  # held
     assert s.update("a horse grazes in a green field", -0.2, 4.0)[1]  # hard change after hold
@@ -91,3 +91,11 @@ def test_schedule_either_condition_fires_and_restarts_go_due():
     assert all(every.due(i, i * 0.1) for i in range(5)) and not every.due(4, 0.4)
     with pytest.raises(ValueError):
         CaptionSchedule(every_n_frames=0)
+
+
+def test_hard_cut_passes_at_once_when_much_surer_than_the_shown_scene():
+    s = CaptionSmoother(confirm_runs=3, confident_margin=0.5)
+    run(s, [(STREET[i % 4], -2.6) for i in range(5)])  # the shown scene scores about -2.6
+    assert s.update("a dog jumps over a fence", -2.4, 10.0) == (STREET[0], False)  # outlier, unsure
+    assert s.update("two dogs run in a field", -1.7, 12.0) == ("two dogs run in a field", True)
+    assert s.update("a man walks down a street", -2.0, 14.0)[1] is False  # not surer than -1.7 + 0.5

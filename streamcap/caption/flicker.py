@@ -18,6 +18,16 @@ from streamcap.types import Frame
 Record = tuple[float, str, float]  # (t_s, raw text, score)
 
 
+def video_fps(path: str | Path) -> float:
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise BadInputError(f"cannot open video {path}")
+        return cap.get(cv2.CAP_PROP_FPS) or 25.0
+    finally:
+        cap.release()
+
+
 def video_frames(path: str | Path, max_s: float | None = None) -> Iterator[Frame]:
     """Frames of a video file with pts from index / fps (decoding only what is asked)."""
     cap = cv2.VideoCapture(str(path))
@@ -103,13 +113,19 @@ def measure_responsiveness(captioner, video: str | Path, still: str | Path, inte
     smoother = smoother or CaptionSmoother()
     if hasattr(captioner, "reset"):
         captioner.reset()
-    frames_a = list(video_frames(video, cut_at_s))
-    if not frames_a:
-        raise BadInputError(f"video {video} has no frames")
-    fps = 1.0 / (frames_a[1].pts_s - frames_a[0].pts_s) if len(frames_a) > 1 else 10.0
-    cut = frames_a[-1].pts_s + 1.0 / fps
-    frames = frames_a + list(still_frames(still, len(frames_a), cut, after_s, fps))
-    records = caption_stream(captioner, frames, interval_s)
+    fps = video_fps(video)
+    n_a: list[int] = []
+
+    def stream() -> Iterator[Frame]:  # clip A, then the still from the next frame on
+        for frame in video_frames(video, cut_at_s):
+            yield frame
+            n_a.append(frame.index)
+        if not n_a:
+            raise BadInputError(f"video {video} has no frames")
+        yield from still_frames(still, len(n_a), len(n_a) / fps, after_s, fps)
+
+    records = caption_stream(captioner, stream(), interval_s)
+    cut = len(n_a) / fps
     shown = smooth(records, smoother)
     before = [s for s, r in zip(shown, records) if r[0] < cut]
     after = [(r, s) for r, s in zip(records, shown) if r[0] >= cut]
@@ -124,6 +140,8 @@ def measure_responsiveness(captioner, video: str | Path, still: str | Path, inte
         "raw_latency_s": None if raw_t is None else round(raw_t - cut, 2),
         "shown_latency_s": None if shown_t is None else round(shown_t - cut, 2),
         "runs_to_change": None if shown_t is None else sum(1 for r, _ in after if r[0] <= shown_t),
+        "after_cut": [{"t_s": round(r[0] - cut, 2), "raw": r[1], "score": round(r[2], 3), "shown": sh[1]}
+                      for r, sh in after],
     }
 
 

@@ -39,19 +39,22 @@ class CaptionSmoother:
     - A raw caption similar to the shown one (similarity >= ``same_threshold``) keeps it.
     - A different caption becomes a candidate; similar candidates in a row count up, and at
       ``confirm_runs`` the best-scored wording among them is shown.
-    - A caption very different from the shown one (similarity <= ``hard_threshold``) with
-      score >= ``confident_score`` is shown at once (hard cuts), if the shown caption has
-      been up for at least ``min_hold_s`` seconds. ``confident_score=None`` disables this.
+    - A caption very different from the shown one (similarity <= ``hard_threshold``) is
+      shown at once (hard cuts) when the model is clearly more sure of it than of the current
+      scene: score >= (running score of the shown scene) + ``confident_margin``, or score >=
+      ``confident_score`` (absolute; model-dependent, off by default); and only after the
+      shown caption has been up for ``min_hold_s`` seconds. Set both to None to disable.
     """
 
     def __init__(self, confirm_runs: int = 2, same_threshold: float = 0.5,
-                 hard_threshold: float = 0.1, confident_score: float | None = -0.6,
-                 min_hold_s: float = 0.0) -> None:
+                 hard_threshold: float = 0.1, confident_margin: float | None = 0.5,
+                 confident_score: float | None = None, min_hold_s: float = 0.0) -> None:
         if confirm_runs < 1:
             raise ValueError("confirm_runs must be at least 1")
         self.confirm_runs = confirm_runs
         self.same_threshold = same_threshold
         self.hard_threshold = hard_threshold
+        self.confident_margin = confident_margin
         self.confident_score = confident_score
         self.min_hold_s = min_hold_s
         self.reset()
@@ -59,6 +62,7 @@ class CaptionSmoother:
     def reset(self) -> None:
         self.shown: str | None = None
         self.shown_since: float = 0.0
+        self.shown_score: float = float("-inf")  # running score of raw captions like the shown one
         self._cand: str | None = None
         self._cand_best: tuple[float, str] = (float("-inf"), "")
         self._cand_count = 0
@@ -69,8 +73,8 @@ class CaptionSmoother:
         """(candidate text, how many runs confirmed it so far)."""
         return self._cand, self._cand_count
 
-    def _show(self, text: str, t_s: float) -> tuple[str, bool]:
-        self.shown, self.shown_since = text, t_s
+    def _show(self, text: str, score: float, t_s: float) -> tuple[str, bool]:
+        self.shown, self.shown_since, self.shown_score = text, t_s, score
         self._cand, self._cand_count, self._cand_best = None, 0, (float("-inf"), "")
         self.changes += 1
         return text, True
@@ -80,11 +84,12 @@ class CaptionSmoother:
         if self.shown is None:
             if not raw_text:
                 return "", False
-            return self._show(raw_text, t_s)
+            return self._show(raw_text, score, t_s)
         if not raw_text:
             return self.shown, False
         sim_shown = similarity(raw_text, self.shown)
         if sim_shown >= self.same_threshold:  # a rewording of what is shown
+            self.shown_score = 0.7 * self.shown_score + 0.3 * score
             self._cand, self._cand_count = None, 0
             self._cand_best = (float("-inf"), "")
             return self.shown, False
@@ -95,10 +100,11 @@ class CaptionSmoother:
             self._cand_best = (float("-inf"), "")
         if score > self._cand_best[0]:
             self._cand_best = (score, raw_text)
-        hard = (self.confident_score is not None and sim_shown <= self.hard_threshold
-                and score >= self.confident_score and t_s - self.shown_since >= self.min_hold_s)
+        sure = ((self.confident_score is not None and score >= self.confident_score)
+                or (self.confident_margin is not None and score >= self.shown_score + self.confident_margin))
+        hard = sure and sim_shown <= self.hard_threshold and t_s - self.shown_since >= self.min_hold_s
         if self._cand_count >= self.confirm_runs or hard:
-            return self._show(self._cand_best[1], t_s)
+            return self._show(self._cand_best[1], self._cand_best[0], t_s)
         return self.shown, False
 
 
