@@ -73,13 +73,15 @@ class JsonlSink:
         self.path = Path(path)
         self.fsync = fsync
         self._lock = threading.Lock()
-        self._fh = None
+        self._fd: int | None = None
+        self._broken = False
         self.lines = 0
 
     def open(self) -> "JsonlSink":
         self._repair_tail()
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        self._fh = os.fdopen(fd, "a", encoding="utf-8")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0),
+                           0o644)
+        self._broken = False
         return self
 
     def _repair_tail(self) -> None:
@@ -109,31 +111,47 @@ class JsonlSink:
             log.warning("removed an incomplete last line (%d bytes) from %s", size - cut, self.path)
 
     def write(self, event: str, *, source: str | None = None, ts: float | None = None, **fields: Any) -> None:
+        """Append one record with a single unbuffered write. When the write fails (disk full,
+        file too large) the part that got out is cut off again, so the file still ends with a
+        complete line; the first failure raises StageError and later records are dropped."""
         import time
 
         record = {"schema": JSONL_SCHEMA_VERSION, "event": event,
                   "time": iso_time(time.time() if ts is None else ts), "source": source}
         record.update(fields)
         line = json.dumps(record, ensure_ascii=False, default=_json_default, separators=(",", ":")) + "\n"
+        data = line.encode("utf-8")
         with self._lock:
-            if self._fh is None:
+            if self._fd is None or self._broken:
                 return
+            start = None
             try:
-                self._fh.write(line)
-                self._fh.flush()
+                start = os.lseek(self._fd, 0, os.SEEK_END)
+                view = memoryview(data)
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
                 if self.fsync:
-                    os.fsync(self._fh.fileno())
+                    os.fsync(self._fd)
             except OSError as err:
+                self._broken = True
+                if start is not None:
+                    try:
+                        os.ftruncate(self._fd, start)
+                    except OSError:
+                        pass
                 raise StageError(f"cannot write log {self.path}: {err.strerror or err}") from None
             self.lines += 1
 
     def close(self) -> None:
         with self._lock:
-            if self._fh is not None:
+            if self._fd is not None:
                 try:
-                    self._fh.close()
+                    os.close(self._fd)
+                except OSError:
+                    pass
                 finally:
-                    self._fh = None
+                    self._fd = None
 
     def __enter__(self) -> "JsonlSink":
         return self.open()
