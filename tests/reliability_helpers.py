@@ -1,0 +1,214 @@
+"""Helpers for the reliability tests: run the CLI as a child process, follow its JSONL log
+while it runs, sample its memory, and check what it left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import REPO
+
+ENGINE_ONLY = ["--no-segment", "--no-caption"]
+# Short network timeouts so that each outage costs seconds, not minutes.
+FAST_NET = ["--rtsp-transport", "udp", "--read-timeout", "2", "--open-timeout", "3", "--watchdog", "4"]
+
+
+class Child:
+    """``python -m streamcap ARGS`` with stdout/stderr in files (a pipe could fill and block)."""
+
+    def __init__(self, tmp_path: Path, *args: str, name: str = "child", preexec_fn=None,
+                 env: dict | None = None) -> None:
+        self.out_path = tmp_path / f"{name}.stdout"
+        self.err_path = tmp_path / f"{name}.stderr"
+        self._out = open(self.out_path, "w")
+        self._err = open(self.err_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamcap", *args], cwd=REPO, stdout=self._out, stderr=self._err,
+            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=preexec_fn)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"streamcap did not exit within {timeout} s; stderr:\n{self.stderr[-3000:]}")
+        finally:
+            self._out.close()
+            self._err.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+
+def follow(log: Path) -> list[dict]:
+    """The complete records of a log being written (a line still being written is skipped)."""
+    if not log.exists():
+        return []
+    out = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def wait_for(what: str, predicate: Callable[[], bool], child: Child | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if child is not None and child.proc.poll() is not None:
+            pytest.fail(f"streamcap exited ({child.proc.returncode}) while waiting for {what}:\n{child.stderr[-3000:]}")
+        time.sleep(0.2)
+    if child is not None:
+        child.kill()
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def statuses(records: list[dict], source: str | None = None) -> list[str]:
+    return [r["status"] for r in records if r["event"] == "source_status"
+            and (source is None or r["source"] == source)]
+
+
+def frames(records: list[dict], source: str | None = None) -> list[dict]:
+    return [r for r in records if r["event"] == "frame" and (source is None or r["source"] == source)]
+
+
+def count_status(log: Path, status: str, source: str | None = None) -> int:
+    return statuses(follow(log), source).count(status)
+
+
+class RssSampler(threading.Thread):
+    """Samples a child's resident memory (MiB) every ``every`` seconds while it runs."""
+
+    def __init__(self, pid: int, every: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.every = every
+        self.samples: list[float] = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.samples.append(self.process.memory_info().rss / 2**20)
+            except Exception:
+                return
+            self._halt.wait(self.every)
+
+    def stop(self) -> list[float]:
+        self._halt.set()
+        self.join(timeout=5)
+        return self.samples
+
+
+def check_complete_log(log: Path) -> list[dict]:
+    """Every line of the log parses and ends with a newline."""
+    data = log.read_bytes()
+    assert data.endswith(b"\n"), "the log's last line is cut"
+    return [json.loads(line) for line in data.decode("utf-8").splitlines()]
+
+
+class LoopbackRtspServer:
+    """conftest's RtspServer on its own loopback address (127.x.y.z).
+
+    rtsp-server-perl resets its RTP listening port to 20000 whenever it has no mounts, so two
+    servers on one address (two cameras here, or another test run on the same machine)
+    collide there and the second publisher's RECORD fails with 404. A separate address per
+    server keeps them apart. The server also never frees a mount whose publisher left, so a
+    publisher that stopped can only come back after a restart (``kill()`` then ``start()``).
+    """
+
+    def __new__(cls, clip, **kw):
+        import random
+
+        from conftest import RtspServer
+
+        host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
+
+        class _Server(RtspServer):
+            def __init__(self) -> None:
+                super().__init__(clip, **kw)
+                self.host = host
+
+            @property
+            def url(self) -> str:
+                return f"rtsp://{self.host}:{self.client_port}/{self.mount}"
+
+            def start(self, publish: bool = True):
+                self.server = subprocess.Popen(
+                    ["rtsp-server-perl", "-c", str(self.client_port), "-s", str(self.source_port), "-l", "1",
+                     "--client_listen_address", self.host, "--source_listen_address", self.host],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                self._wait_port(self.source_port)
+                if publish:
+                    self.publish()
+                return self
+
+            def publish(self, size=None) -> None:
+                size = size or self.size
+                vf = ["-vf", f"scale={size[0]}:{size[1]}"] if size else []
+                codec = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-bf", "0"] if size else ["-c:v", "copy"]
+                self.publisher = subprocess.Popen(
+                    ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip), "-an", *vf, *codec,
+                     "-f", "rtsp", f"rtsp://{self.host}:{self.source_port}/{self.mount}"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                    start_new_session=True)
+
+            def _wait_port(self, port: int, timeout: float = 10.0) -> None:
+                import socket
+
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    with socket.socket() as s:
+                        if s.connect_ex((self.host, port)) == 0:
+                            return
+                    time.sleep(0.1)
+                raise RuntimeError(f"rtsp server did not listen on {self.host}:{port}")
+
+        return _Server()
+
+
+@pytest.fixture
+def loopback_rtsp():
+    """Factory of LoopbackRtspServer publishing the sample clip; all killed at the end."""
+    from conftest import SAMPLE_CLIP, need_tool
+
+    need_tool("rtsp-server-perl")
+    need_tool("ffmpeg")
+    servers = []
+
+    def make(clip=SAMPLE_CLIP, **kw):
+        server = LoopbackRtspServer(clip, **kw)
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        s.kill()
