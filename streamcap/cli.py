@@ -56,13 +56,13 @@ OnError = Annotated[str, typer.Option("--on-stage-error", help="skip (count the 
 NoSegment = Annotated[bool, typer.Option("--no-segment", help="Run without the segmenter.")]
 SegModel = Annotated[str, typer.Option("--seg-model", help="v1 (maskrcnn_resnet50_fpn) | v2 (maskrcnn_resnet50_fpn_v2).")]
 SegWeights = Annotated[Optional[str], typer.Option("--seg-weights", help="State dict file, or 'random' (untrained, for tests and benchmarks).")]
-SegSize = Annotated[Optional[int], typer.Option("--seg-size", help="Short side the model sees (default: full size on GPU, 512 on CPU).")]
+SegSize = Annotated[Optional[int], typer.Option("--seg-size", help="Short side the model sees (default: 512 on CPU, the full frame on GPU; 0: full frame).")]
 Score = Annotated[float, typer.Option("--score-threshold", help="Keep detections scoring at least this.")]
 MaskThr = Annotated[float, typer.Option("--mask-threshold", help="Mask probability threshold.")]
 Classes = Annotated[Optional[str], typer.Option("--classes", help="Comma-separated COCO class names to keep, e.g. person,car.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 MaxDet = Annotated[int, typer.Option("--max-detections", min=1, help="At most this many objects per frame.")]
-Batch = Annotated[int, typer.Option("--batch", min=1, help="Frames per model call (GPU).")]
+Batch = Annotated[Optional[int], typer.Option("--batch", min=1, help="Frames per model call (default: 1 on CPU, 4 on GPU).")]
 NoCaption = Annotated[bool, typer.Option("--no-caption", help="Run without scene captions.")]
 CapModel = Annotated[Optional[Path], typer.Option("--caption-model", help="Caption checkpoint (default: the bundled model).")]
 CapEvery = Annotated[Optional[int], typer.Option("--caption-every", min=1, help="Caption every N processed frames.")]
@@ -147,7 +147,7 @@ def file(
     stats_interval: StatsInterval = 10.0, on_stage_error: OnError = "skip",
     no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
     seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
-    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = 1,
+    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = None,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
     caption_interval: CapInterval = None, beam: Beam = 3, verbose: Verbose = False,
 ) -> None:
@@ -190,7 +190,7 @@ def live(
     on_stage_error: OnError = "skip",
     no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
     seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
-    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = 1,
+    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = None,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
     caption_interval: CapInterval = None, beam: Beam = 3, duration: Duration = None, verbose: Verbose = False,
 ) -> None:
@@ -232,7 +232,7 @@ def monitor(
     on_stage_error: OnError = "skip",
     no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
     seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
-    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = 1,
+    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = None,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
     caption_interval: CapInterval = None, beam: Beam = 3, duration: Duration = None, verbose: Verbose = False,
 ) -> None:

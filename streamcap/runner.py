@@ -84,7 +84,7 @@ def build_models(job: Job, console: Console | None = None, *, stage: Any = None,
     try:
         from streamcap.render import Renderer
 
-        renderer = Renderer(hud=job.hud)
+        renderer = Renderer(hud=job.hud or job.stats, banner=job.caption is not None)
     except ImportError:  # drawing not available: frames are written as read
         renderer = None
     return stage, summarize, captioner, schedule_factory, smoother_factory, renderer

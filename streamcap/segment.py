@@ -9,7 +9,7 @@ detections straight at the output size (the frame, or ``draw_size``). Pasting ev
 torchvision's up-to-100 masks as float images at full resolution is what makes its own
 postprocess slow; here the threshold, class filter and ``max_detections`` apply first.
 
-``seg_size`` default (``None``): 512 on a CPU, 800 (torchvision's training size) on a GPU.
+``seg_size`` default (``None``): 512 on a CPU, the full frame size on a GPU.
 ``seg_size=0`` feeds frames at their own size.
 """
 
@@ -35,7 +35,7 @@ from streamcap.weights import SEGMENTER_WEIGHTS, get_weights_entry, resolve_segm
 log = logging.getLogger(__name__)
 
 CPU_SEG_SIZE = 512  # default short side on a CPU: about 4x cheaper than 800, still finds people
-GPU_SEG_SIZE = 800  # torchvision's training resolution
+GPU_SEG_SIZE = 0  # full size on a GPU: the frame as it is (0 means no resize)
 MAX_SIZE_RATIO = 1333 / 800  # torchvision's long-side cap relative to the short side
 GPU_BATCH = 4
 
@@ -59,7 +59,7 @@ class SegmenterConfig:
     score_threshold  keep detections scoring at least this (0..1)
     mask_threshold   a mask pixel is set where the mask probability is above this (0..1)
     classes          keep only these category names (e.g. ("person", "car")); None keeps all
-    seg_size         short side the model sees; None: 512 on CPU, 800 on GPU; 0: frame size
+    seg_size         short side the model sees; None: 512 on CPU, full frame size on GPU; 0: frame size
     draw_size        (w, h) to paste masks at instead of the frame size (boxes stay in frame px)
     device           "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     max_detections   at most this many detections per frame, best first
