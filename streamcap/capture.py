@@ -374,7 +374,12 @@ class SourceReader(threading.Thread):
         self.on_status(self.cfg.name, "ended", frames=self.frames_read)
 
     def _run_live(self) -> None:
-        """Connect, read, and on loss reconnect with capped exponential backoff."""
+        """Connect, read, and on loss reconnect with capped exponential backoff.
+
+        A source counts as (re)connected at its first frame, not when the open succeeds: a
+        server that accepts the connection but sends nothing (its camera or publisher gone)
+        is a failed attempt with backoff, and the outage lasts until frames flow again.
+        """
         attempt = 0
         index = 0
         lost_at: float | None = None
@@ -382,51 +387,60 @@ class SourceReader(threading.Thread):
         self._t0 = None
         while not self._halt.is_set():
             cap = open_video_capture(self.cfg)
-            if not cap.isOpened():
+            opened = cap.isOpened()
+            got_frame = False
+            if opened:
+                self._force_reconnect.clear()
+                self._last_frame_mono = time.monotonic()
+                self._connected = True
+                fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+                self.info.fps = fps if 0 < fps < 1000 else 25.0
+                try:
+                    for idx, img, _ in self._read_frames(cap, index):
+                        if not got_frame:
+                            got_frame = True
+                            attempt = 0
+                            if lost_at is None and not self.ever_connected:
+                                self.on_status(self.cfg.name, "connected")
+                            elif lost_at is not None:
+                                self.on_status(self.cfg.name, "reconnected",
+                                               outage_s=round(time.monotonic() - lost_at, 3))
+                            self.ever_connected = True
+                            lost_at = None
+                        size = (img.shape[1], img.shape[0])
+                        if last_size is not None and size != last_size:
+                            self.on_status(self.cfg.name, "resolution_changed",
+                                           old_size=list(last_size), new_size=list(size))
+                        last_size = self.info.size = size
+                        now = time.monotonic()
+                        if self._t0 is None:
+                            self._t0 = now
+                        # Live stream time: seconds since the first frame, monotonic across reconnects.
+                        index = idx + 1
+                        if not self._emit(img, idx, now - self._t0):
+                            break
+                finally:
+                    cap.release()
+                    self._connected = False
+            else:
                 cap.release()
-                attempt += 1
-                if self.cfg.max_retries is not None and attempt > self.cfg.max_retries:
-                    self.gave_up = True
-                    self.on_status(self.cfg.name, "gave_up", attempts=attempt,
-                                   message=f"no connection after {attempt} attempts")
-                    return
-                delay = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** (attempt - 1))
-                self.on_status(self.cfg.name, "connect_failed", attempt=attempt, retry_in_s=round(delay, 2))
-                self._halt.wait(delay)
-                continue
-            attempt = 0
-            self._force_reconnect.clear()
-            self._last_frame_mono = time.monotonic()
-            self._connected = True
-            fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-            self.info.fps = fps if 0 < fps < 1000 else 25.0
-            if lost_at is None and not self.ever_connected:
-                self.on_status(self.cfg.name, "connected")
-            elif lost_at is not None:
-                self.on_status(self.cfg.name, "reconnected", outage_s=round(time.monotonic() - lost_at, 3))
-            self.ever_connected = True
-            lost_at = None
-            try:
-                for idx, img, _ in self._read_frames(cap, index):
-                    size = (img.shape[1], img.shape[0])
-                    if last_size is not None and size != last_size:
-                        self.on_status(self.cfg.name, "resolution_changed",
-                                       old_size=list(last_size), new_size=list(size))
-                    last_size = self.info.size = size
-                    now = time.monotonic()
-                    if self._t0 is None:
-                        self._t0 = now
-                    # Live stream time: seconds since the first frame, monotonic across reconnects.
-                    index = idx + 1
-                    if not self._emit(img, idx, now - self._t0):
-                        break
-            finally:
-                cap.release()
-                self._connected = False
             if self._halt.is_set():
                 break
-            lost_at = time.monotonic()
-            self.on_status(self.cfg.name, "lost", frames=self.frames_read,
-                           stalled=self._force_reconnect.is_set())
+            if got_frame:
+                lost_at = time.monotonic()
+                self.on_status(self.cfg.name, "lost", frames=self.frames_read,
+                               stalled=self._force_reconnect.is_set())
+                self._force_reconnect.clear()
+                continue
+            attempt += 1
+            if self.cfg.max_retries is not None and attempt > self.cfg.max_retries:
+                self.gave_up = True
+                self.on_status(self.cfg.name, "gave_up", attempts=attempt,
+                               message=f"no connection after {attempt} attempts")
+                return
+            delay = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** (attempt - 1))
+            self.on_status(self.cfg.name, "connect_failed", attempt=attempt, retry_in_s=round(delay, 2),
+                           reason="no frames after opening" if opened else "cannot open")
             self._force_reconnect.clear()
+            self._halt.wait(delay)
         self.on_status(self.cfg.name, "ended", frames=self.frames_read)
