@@ -20,7 +20,7 @@ def _frames_after(records, when_event):
 
 
 def test_server_killed_and_restarted_reconnects(tmp_path, rtsp_server):
-    server = rtsp_server().start()
+    server = rtsp_server(size=(160, 120)).start()  # a keyframe a second: the clip has one per 8 s loop
     log = tmp_path / "log.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamcap", "live", "--source", server.url, "--rtsp-transport", "udp",
