@@ -149,8 +149,8 @@ def preprocess(images: Sequence, size: int = 224) -> torch.Tensor:
         if (h, w) != (size, size):
             interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
             arr = cv2.resize(arr, (size, size), interpolation=interp)
-        out.append(torch.from_numpy(np.ascontiguousarray(arr)))
+        out.append(arr)
     if not out:
         return torch.zeros((0, 3, size, size))
-    batch = torch.stack(out)  # (B, size, size, 3) uint8
+    batch = torch.from_numpy(np.stack(out))  # (B, size, size, 3) uint8, a fresh writable copy
     return batch.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, size, size)
