@@ -3,6 +3,7 @@ context manager, so an interrupted run still leaves a playable video and complet
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from streamcap.capture import redact_url
 from streamcap.errors import BadInputError, StageError
 
 log = logging.getLogger(__name__)
@@ -78,37 +80,41 @@ class JsonlSink:
         self.lines = 0
 
     def open(self) -> "JsonlSink":
-        self._repair_tail()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0),
-                           0o644)
+        """Open for appending, never through a symbolic link (O_NOFOLLOW, checked by the same
+        call that opens, so a link swapped in after check_output_path is refused too); then
+        cut a partial last line through that same descriptor."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.path, flags, 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise BadInputError(f"refusing to write through a symbolic link: {self.path}") from None
+            raise BadInputError(f"cannot open log {self.path}: {err.strerror or err}") from None
+        try:
+            self._repair_tail(fd)
+        except OSError as err:
+            os.close(fd)
+            raise BadInputError(f"cannot repair log {self.path}: {err.strerror or err}") from None
+        self._fd = fd
         self._broken = False
         return self
 
-    def _repair_tail(self) -> None:
-        if not self.path.exists() or self.path.stat().st_size == 0:
+    def _repair_tail(self, fd: int) -> None:
+        size = os.fstat(fd).st_size
+        if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
             return
-        with open(self.path, "rb+") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 1))
-            if fh.read(1) == b"\n":
-                return
-            # Find the end of the last complete line and cut what follows.
-            pos = size
-            chunk = 4096
-            while pos > 0:
-                start = max(0, pos - chunk)
-                fh.seek(start)
-                data = fh.read(pos - start)
-                nl = data.rfind(b"\n")
-                if nl >= 0:
-                    cut = start + nl + 1
-                    break
-                pos = start
-            else:
-                cut = 0
-            fh.truncate(cut)
-            log.warning("removed an incomplete last line (%d bytes) from %s", size - cut, self.path)
+        # Find the end of the last complete line and cut what follows.
+        pos, cut, chunk = size, 0, 4096
+        while pos > 0:
+            start = max(0, pos - chunk)
+            data = os.pread(fd, pos - start, start)
+            nl = data.rfind(b"\n")
+            if nl >= 0:
+                cut = start + nl + 1
+                break
+            pos = start
+        os.ftruncate(fd, cut)
+        log.warning("removed an incomplete last line (%d bytes) from %s", size - cut, self.path)
 
     def write(self, event: str, *, source: str | None = None, ts: float | None = None, **fields: Any) -> None:
         """Append one record with a single unbuffered write. When the write fails (disk full,
@@ -118,7 +124,7 @@ class JsonlSink:
 
         record = {"schema": JSONL_SCHEMA_VERSION, "event": event,
                   "time": iso_time(time.time() if ts is None else ts), "source": source}
-        record.update(fields)
+        record.update(_redacted(fields))
         line = json.dumps(record, ensure_ascii=False, default=_json_default, separators=(",", ":")) + "\n"
         data = line.encode("utf-8")
         with self._lock:
@@ -158,6 +164,18 @@ class JsonlSink:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _redacted(value: Any) -> Any:
+    """Credentials removed from every URL in the strings of a record (a safety net: sources
+    are named without them, but an error message may quote a URL)."""
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _json_default(obj: Any) -> Any:
