@@ -37,9 +37,18 @@ EOS = object()
 _ffmpeg_env_lock = threading.Lock()
 
 
+# user:password@ in any URL of a text, up to the last "@" before the path (a password may
+# hold a raw "@"), and the values of query parameters that IP cameras use for credentials.
+_USERINFO_RE = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s\"'<>]*@")
+_QUERY_CRED_RE = re.compile(
+    r"([?&;](?:user|username|usr|login|pass|passwd|password|pwd|token|access_token|auth|key|apikey|api_key"
+    r"|secret|sig|signature)=)[^&#\s]*", re.IGNORECASE)
+
+
 def redact_url(uri: str) -> str:
-    """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``; other strings unchanged."""
-    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]*@", r"\1***@", uri)
+    """``rtsp://user:pass@host/x`` -> ``rtsp://***@host/x``, ``...?user=a&pwd=b`` ->
+    ``...?user=***&pwd=***``, wherever URLs occur in the text; other text unchanged."""
+    return _QUERY_CRED_RE.sub(r"\1***", _USERINFO_RE.sub(r"\1***@", uri))
 
 
 def source_kind(uri: str) -> str:
@@ -159,27 +168,27 @@ def probe_file(cfg: SourceConfig) -> SourceInfo:
     if cfg.kind == "images":
         files = list_images(cfg.uri)
         if not files:
-            raise BadInputError(f"no images found at {cfg.uri}")
+            raise BadInputError(f"no images found at {redact_url(cfg.uri)}")
         first = None
         for f in files:
             first = cv2.imread(str(f))
             if first is not None:
                 break
         if first is None:
-            raise BadInputError(f"none of the {len(files)} images at {cfg.uri} could be decoded")
+            raise BadInputError(f"none of the {len(files)} images at {redact_url(cfg.uri)} could be decoded")
         return SourceInfo(cfg.image_fps, (first.shape[1], first.shape[0]), len(files))
     path = Path(cfg.uri)
     if not path.exists():
-        raise BadInputError(f"input not found: {cfg.uri}")
+        raise BadInputError(f"input not found: {redact_url(cfg.uri)}")
     if path.is_file() and path.stat().st_size == 0:
-        raise BadInputError(f"input is empty (0 bytes): {cfg.uri}")
+        raise BadInputError(f"input is empty (0 bytes): {redact_url(cfg.uri)}")
     cap = open_video_capture(cfg)
     try:
         if not cap.isOpened():
-            raise BadInputError(f"cannot open video: {cfg.uri} (not a video file, or a codec FFmpeg lacks)")
+            raise BadInputError(f"cannot open video: {redact_url(cfg.uri)} (not a video file, or a codec FFmpeg lacks)")
         ok, img = cap.read()
         if not ok or img is None:
-            raise BadInputError(f"cannot decode any frame of video: {cfg.uri}")
+            raise BadInputError(f"cannot decode any frame of video: {redact_url(cfg.uri)}")
         fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
         if not (0 < fps < 1000):
             fps = 25.0
@@ -311,7 +320,7 @@ class SourceReader(threading.Thread):
         cap = open_video_capture(self.cfg)
         try:
             if not cap.isOpened():
-                raise BadInputError(f"cannot open video: {self.cfg.uri}")
+                raise BadInputError(f"cannot open video: {redact_url(self.cfg.uri)}")
             fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
             fps = fps if 0 < fps < 1000 else 25.0
             self.info = SourceInfo(fps, (0, 0), int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from streamcap.capture import EOS, SourceConfig, SourceReader
+from streamcap.capture import EOS, SourceConfig, SourceReader, redact_url
 from streamcap.errors import (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOURCE_FAILED,
                               EXIT_STAGE_FAILED, StageError, StreamcapError)
 from streamcap.sinks import JsonlSink, VideoFileSink, iso_time
@@ -264,7 +264,7 @@ class Pipeline:
                     consecutive += len(frames)
                     with self.stats._lock:
                         self.stats.stage_errors += len(frames)
-                    message = f"{type(err).__name__}: {err}"
+                    message = redact_url(f"{type(err).__name__}: {err}")
                     log.warning("stage %s failed on %d frame(s): %s", self.stage.name, len(frames), message)
                     for f in frames:
                         self._log("stage_error", source=f.source, frame_index=f.index, stage=self.stage.name,
@@ -498,7 +498,7 @@ class Pipeline:
             s.output = str(self.video.path)
         reason = self._reason or "eos"
         if self._fatal is not None:
-            s.reason, s.error, s.exit_code = "error", str(self._fatal), self._fatal.exit_code
+            s.reason, s.error, s.exit_code = "error", redact_url(str(self._fatal)), self._fatal.exit_code
         elif reason == "sigint":
             s.reason, s.exit_code = reason, EXIT_SIGINT
         elif reason == "sigterm":
