@@ -90,6 +90,9 @@ def test_caption_cli_json_and_table(trained_ckpt, tmp_path):
     assert res.exit_code == 0 and "bicycle" in res.stdout
     grid = cv2.imread(str(out))
     assert grid is not None and grid.shape == (224 * 2, 224 * 5, 3)  # image + 7 words, 5 per row
+    res = runner.invoke(app, ["caption", str(MEDIA / "dog.jpg"), "--model", str(trained_ckpt),
+                              "--attention-map", str(tmp_path / "nope" / "att.png")])
+    assert res.exit_code == 2 and "does not exist" in res.stderr
 
 
 def test_caption_cli_folders_and_globs(trained_ckpt, tmp_path):
@@ -158,3 +161,18 @@ def test_flicker_stats_on_synthetic_captions():
     stats = flicker_stats(records, CaptionSmoother(confident_margin=None), duration_s=60.0)
     assert stats["raw_changes_per_min"] == 29 and stats["shown_changes_per_min"] == 0
     assert stats["distinct_raw"] == 3 and stats["distinct_shown"] == 1
+
+
+def test_show_and_tell_checkpoint_captions_but_has_no_attention_map(tmp_path):
+    torch.manual_seed(0)
+    vocab = Vocab(["a", "dog", "runs"])
+    cfg = CaptionModelConfig(vocab_size=len(vocab), feature_dim=1280, embed_dim=8, hidden_dim=8,
+                             attention_dim=8, attention=False)
+    ckpt = save_checkpoint(tmp_path / "st.pt", CaptionDecoder(cfg), vocab, "efficientnet_lite0")
+    res = runner.invoke(app, ["caption", str(MEDIA / "dog.jpg"), "--model", str(ckpt), "--json", "--max-len", "4"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)
+    assert set(row["caption"].split()) <= {"a", "dog", "runs"} and len(row["caption"].split()) <= 4
+    res = runner.invoke(app, ["caption", str(MEDIA / "dog.jpg"), "--model", str(ckpt),
+                              "--attention-map", str(tmp_path / "a.png")])
+    assert res.exit_code == 2 and "no attention" in res.stderr
