@@ -470,9 +470,12 @@ class Pipeline:
                 r.stop()
             for t in self._threads:
                 t.join(timeout=self.config.stop_grace_s + 2.0)
+            # Readers blocked in a network open/read cannot be interrupted: give them one
+            # shared second (not one each, so that many dead cameras never delay the exit).
+            deadline = time.monotonic() + 1.0
             for r in self.readers:
                 if r.is_alive():
-                    r.join(timeout=1.0)
+                    r.join(timeout=max(0.0, deadline - time.monotonic()))
         finally:
             if self.video is not None:
                 try:
