@@ -97,3 +97,29 @@ def test_twice_interrupted_and_interrupted_while_connecting(tmp_path):
     end = check_complete_log(log2)[-1]
     assert end["event"] == "end" and end["exit_code"] == 143 and end["written"] == 0
     assert not (tmp_path / "none.mp4").exists()
+
+
+def test_monitor_with_many_hung_cameras_exits_within_5_s(tmp_path):
+    """Six cameras whose server accepts the connection and never answers: each reader is stuck
+    in an open that only its --open-timeout ends. A signal still ends the run within 5 s."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # connections complete in the kernel; nobody ever reads or answers
+    port = silent.getsockname()[1]
+    log = tmp_path / "log.jsonl"
+    try:
+        child = Child(tmp_path, "monitor", *(f"rtsp://127.0.0.1:{port}/cam{i}" for i in range(6)),
+                      "--open-timeout", "30", *ENGINE_ONLY, "--log", str(log))
+        wait_for("the run to start", lambda: any(r["event"] == "start" for r in follow(log)), child)
+        time.sleep(1.0)
+        child.proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        assert child.wait(timeout=30) == 143, child.stderr
+        took = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert took < 5.0, f"took {took:.1f} s to exit"
+    end = check_complete_log(log)[-1]
+    assert end["event"] == "end" and end["exit_code"] == 143
