@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 JSONL_SCHEMA_VERSION = 1
 VIDEO_CODECS = ("auto", "h264", "mp4v")
+MP4_FRAGMENT_OPTIONS = {"movflags": "+frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000"}
 
 
 def iso_time(ts: float) -> str:
@@ -231,12 +232,16 @@ class VideoFileSink:
     def _open_pyav(self) -> None:
         import av
 
-        container = av.open(str(self.path), mode="w")
+        # Fragmented MP4: the (empty) index goes first and a fragment follows about every
+        # second, so a run killed hard (SIGKILL, power loss, full disk) leaves a file that
+        # plays up to its last fragment; it streams in browsers like a faststart file.
+        # (Container options: "movflags" among the encoder's options was silently ignored.)
+        container = av.open(str(self.path), mode="w", options=dict(MP4_FRAGMENT_OPTIONS))
         try:
             stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
             stream.width, stream.height = self.size
             stream.pix_fmt = "yuv420p"
-            stream.options = {"preset": self.preset, "crf": str(self.crf), "movflags": "+faststart"}
+            stream.options = {"preset": self.preset, "crf": str(self.crf)}
             stream.time_base = Fraction(1, 1000)
             # The encoder counts in milliseconds too: with its default 1/fps time base, two
             # frames closer than 1/fps (variable frame rate, a live camera's jitter) round to
