@@ -91,6 +91,17 @@ def test_disk_full_while_writing_video_names_it_partial(tmp_path):
     assert "(PARTIAL)" in child.stderr
 
 
+def test_partial_video_after_a_full_disk_plays_up_to_the_failure(tmp_path):
+    disk = tmp_path / "disk"
+    with tmpfs(disk, "256k") as mounted:
+        child = Child(tmp_path, "file", str(SAMPLE_CLIP), "--out", str(disk / "out.mp4"), *ENGINE_ONLY,
+                      preexec_fn=None if mounted else _limit_file_size(256 * 1024))
+        assert child.wait(timeout=60) == 4, child.stderr
+        partial = disk / "out.partial.mp4"
+        assert partial.exists()
+        assert probe_frames(partial) >= 10  # fragmented MP4: everything up to the last fragment
+
+
 def test_disk_full_while_writing_log_stops_with_exit_4_and_next_run_repairs_it(tmp_path):
     disk = tmp_path / "logdisk"
     src = write_video(tmp_path / "in.avi", n=300)

@@ -123,3 +123,18 @@ def test_monitor_with_many_hung_cameras_exits_within_5_s(tmp_path):
     assert took < 5.0, f"took {took:.1f} s to exit"
     end = check_complete_log(log)[-1]
     assert end["event"] == "end" and end["exit_code"] == 143
+
+
+def test_killed_hard_the_video_plays_up_to_about_the_last_second(tmp_path):
+    """SIGKILL (the OOM killer, a power cut) gives no chance to finalize: the MP4 is written in
+    fragments of about a second, so it still plays up to the last one, and the log, written a
+    whole line per write, still parses."""
+    out, log = tmp_path / "out.mp4", tmp_path / "log.jsonl"
+    child = Child(tmp_path, "file", str(_long_video(tmp_path)), "--out", str(out), "--log", str(log), *ENGINE_ONLY)
+    wait_for("frames for a few seconds of video", lambda: len(frames(follow(log))) >= 60, child, timeout=60)
+    child.proc.kill()
+    assert child.wait(timeout=10) == -signal.SIGKILL
+    written = len(frames(check_complete_log(log)))
+    playable = probe_frames(out)
+    assert 0 < playable <= written
+    assert playable >= 20  # at most a few fragments (plus the encoder's look-ahead) are lost
