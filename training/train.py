@@ -201,7 +201,17 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 def export_small(src: Path, dst: Path) -> Path:
     """Copy a checkpoint with an fp16 state dict (it loads back as float)."""
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
-    ckpt["state_dict"] = {k: (v.half() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
+    def small(v: torch.Tensor) -> torch.Tensor:
+        if not v.is_floating_point():
+            return v
+        v = v.half()
+        if v.numel() > 1 and bool((v == v.reshape(-1)[0]).all()):
+            # a constant tensor (the projection-trained decoder's open gate weights are all 0):
+            # stored as one element expanded (stride 0); load_state_dict copies it out in full
+            return v.reshape(-1)[:1].clone().expand(v.shape)
+        return v
+
+    ckpt["state_dict"] = {k: small(v) for k, v in ckpt["state_dict"].items()}
     ckpt["train_info"] = dict(ckpt.get("train_info") or {}, state_dict_dtype="float16")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
