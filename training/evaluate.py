@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--max-len", type=int, default=20)
     p.add_argument("--length-penalty", type=float, default=None, help="beam/greedy length penalty")
+    p.add_argument("--block-repeat-ngram", type=int, default=0,
+                   help="beam search: forbid repeating an n-gram of this size (0: off)")
     p.add_argument("--max-images", type=int, default=0, help="evaluate the first N only")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--no-baselines", action="store_true")
@@ -64,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def decode_all(decoder, feats: np.ndarray, vocab, beam: int, max_len: int, length_penalty,
-               batch: int = 200) -> list[list[str]]:
+               batch: int = 200, block_repeat_ngram: int = 0) -> list[list[str]]:
     from streamcap.caption.decode import beam_search, greedy
 
     kw = {} if length_penalty is None else {"length_penalty": length_penalty}
@@ -75,7 +77,8 @@ def decode_all(decoder, feats: np.ndarray, vocab, beam: int, max_len: int, lengt
             res = greedy(decoder, f, max_len=max_len, **kw)
             out.extend(vocab.decode_tokens(ids) for ids, _ in res)
         else:
-            res = beam_search(decoder, f, beam=beam, max_len=max_len, **kw)
+            res = beam_search(decoder, f, beam=beam, max_len=max_len,
+                              block_repeat_ngram=block_repeat_ngram, **kw)
             out.extend(vocab.decode_tokens(r[0][0]) if r else [] for r in res)
     return out
 
@@ -143,13 +146,15 @@ def evaluate(args) -> dict:
                   "references_per_image": round(float(np.mean([len(r) for r in refs])), 2),
                   "split_file": str(args.split_file) if args.split_file else None,
                   "tokenization": "streamcap.caption.vocab.tokenize (lowercase alphanumeric)",
-                  "note": NOTE, "methods": {}}
+                  "beam": args.beam, "length_penalty": args.length_penalty,
+                  "block_repeat_ngram": args.block_repeat_ngram, "note": NOTE, "methods": {}}
         hyps_by = {}
         for name, beam in (("greedy", 1), (f"beam{args.beam}", args.beam)):
             if name in hyps_by:
                 continue
             t = time.time()
-            hyps = decode_all(ck.decoder, feats, ck.vocab, beam, args.max_len, args.length_penalty)
+            hyps = decode_all(ck.decoder, feats, ck.vocab, beam, args.max_len, args.length_penalty,
+                              block_repeat_ngram=args.block_repeat_ngram)
             m = bleu(hyps, refs)
             m["cider_d"] = cider.score(hyps)[0]
             m["mean_length"] = float(np.mean([len(h) for h in hyps]))
