@@ -9,6 +9,7 @@ against model-only throughput on the same frames.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -140,7 +141,7 @@ def bench_segment(video: Path, workdir: Path, seg: dict[str, Any], frames: int, 
     t0 = time.perf_counter()
     results = [segmenter([Frame("bench", i, i / fps, time.time(), img)])[0] for i, img in enumerate(images)]
     model_only = time.perf_counter() - t0
-    timings = dict(segmenter.timings)
+    timings = copy.deepcopy(segmenter.timings)
     t0 = time.perf_counter()
     drawn = [renderer.annotate(img, FrameResult(Frame("bench", i, 0.0, 0.0, img), det))
              for i, (img, det) in enumerate(zip(images, results))]
