@@ -47,6 +47,7 @@ Transport = Annotated[Optional[str], typer.Option("--rtsp-transport", help="tcp 
 MaxRetries = Annotated[Optional[int], typer.Option("--max-retries", min=0, help="Give up on a live source after N failed connects (default: retry forever).")]
 OpenTimeout = Annotated[float, typer.Option("--open-timeout", help="Seconds to wait for a stream to open.")]
 ReadTimeout = Annotated[float, typer.Option("--read-timeout", help="Seconds a stream read may block.")]
+BackoffMax = Annotated[float, typer.Option("--backoff-max", help="Longest wait between reconnect attempts, seconds (backoff starts at 0.5 s and doubles).")]
 Watchdog = Annotated[float, typer.Option("--watchdog", help="Reconnect a live source silent for this many seconds.")]
 Show = Annotated[bool, typer.Option("--show", help="Show a window (needs a display).")]
 Stats = Annotated[bool, typer.Option("--stats", help="Show live statistics (fps, drops, queues, latency).")]
@@ -186,6 +187,7 @@ def live(
     log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1, drop: Drop = None,
     queue_size: QueueSize = 1, rtsp_transport: Transport = None, max_retries: MaxRetries = None,
     open_timeout: OpenTimeout = 10.0, read_timeout: ReadTimeout = 5.0, watchdog: Watchdog = 10.0,
+    backoff_max: BackoffMax = 30.0,
     show: Show = False, stats: Stats = False, hud: Hud = False, stats_interval: StatsInterval = 10.0,
     on_stage_error: OnError = "skip",
     no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
@@ -211,7 +213,7 @@ def live(
     realtime = not (source.isdigit() or "://" in source)
     src = _source(source, kind="file" if realtime else None, realtime=realtime, drop=drop or "latest", stride=stride, queue_size=queue_size, rtsp_transport=rtsp_transport,
                   max_retries=max_retries, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
-                  watchdog_s=watchdog)
+                  watchdog_s=watchdog, backoff_max_s=backoff_max)
     _run(Job(command="live", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
              stats=stats, hud=hud, argv=sys.argv[1:], duration_s=duration,
              pipeline=PipelineConfig(stats_interval_s=stats_interval, log_every=log_every, log_masks=log_masks,
@@ -228,7 +230,8 @@ def monitor(
     log: LogFile = None, log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1,
     drop: Drop = None, queue_size: QueueSize = 1, rtsp_transport: Transport = None,
     max_retries: MaxRetries = None, open_timeout: OpenTimeout = 10.0, read_timeout: ReadTimeout = 5.0,
-    watchdog: Watchdog = 10.0, stats: Stats = False, stats_interval: StatsInterval = 10.0,
+    watchdog: Watchdog = 10.0, backoff_max: BackoffMax = 30.0, stats: Stats = False,
+    stats_interval: StatsInterval = 10.0,
     on_stage_error: OnError = "skip",
     no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
     seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
@@ -252,7 +255,8 @@ def monitor(
         raise _fail(f"the same URL is given twice")
     sources = [_source(u, kind="webcam" if u.isdigit() else "stream", drop=drop, stride=stride,
                        queue_size=queue_size, rtsp_transport=rtsp_transport, max_retries=max_retries,
-                       open_timeout_s=open_timeout, read_timeout_s=read_timeout, watchdog_s=watchdog)
+                       open_timeout_s=open_timeout, read_timeout_s=read_timeout, watchdog_s=watchdog,
+                       backoff_max_s=backoff_max)
                for u in urls]
     _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=sys.argv[1:], progress=False,
              duration_s=duration,
@@ -307,5 +311,8 @@ def main() -> None:
         if isinstance(err, click.exceptions.ClickException):
             err.show()
             sys.exit(err.exit_code)
-        err_console.print(f"streamcap: internal error: {type(err).__name__}: {err}", style="red", highlight=False, markup=False)
+        from streamcap.capture import redact_url
+
+        err_console.print(f"streamcap: internal error: {type(err).__name__}: {redact_url(str(err))}",
+                          style="red", highlight=False, markup=False)
         sys.exit(EXIT_INTERNAL)
