@@ -99,6 +99,18 @@ def _caption_options(no_caption, model, every, interval, beam, device):
     return dict(model=str(model) if model else None, every=every, interval=interval, beam=beam, device=device)
 
 
+def _model_options(opts: dict) -> dict:
+    """The pipeline, segment and caption parts of a Job from a command's parsed options."""
+    return dict(
+        pipeline=PipelineConfig(stats_interval_s=opts["stats_interval"], log_every=opts["log_every"],
+                                log_masks=opts["log_masks"], on_stage_error=opts["on_stage_error"]),
+        segment=_seg_options(opts["no_segment"], opts["seg_model"], opts["seg_weights"], opts["seg_size"],
+                             opts["score_threshold"], opts["mask_threshold"], opts["classes"], opts["device"],
+                             opts["max_detections"], opts["batch"]),
+        caption=_caption_options(opts["no_caption"], opts["caption_model"], opts["caption_every"],
+                                 opts["caption_interval"], opts["beam"], opts["device"]))
+
+
 def _run(job) -> None:
     from streamcap.runner import run_job
 
@@ -172,11 +184,7 @@ def file(
     src = _source(input, kind=kind, drop=drop, stride=stride, queue_size=queue_size)
     _run(Job(command="file", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
              stats=stats, hud=hud, argv=sys.argv[1:],
-             pipeline=PipelineConfig(stats_interval_s=stats_interval, log_every=log_every, log_masks=log_masks,
-                                     on_stage_error=on_stage_error),
-             segment=_seg_options(no_segment, seg_model, seg_weights, seg_size, score_threshold, mask_threshold,
-                                  classes, device, max_detections, batch),
-             caption=_caption_options(no_caption, caption_model, caption_every, caption_interval, beam, device)))
+             **_model_options(locals())))
 
 
 @app.command()
@@ -211,16 +219,12 @@ def live(
     _setup_logging(verbose)
     # A file given as a live source is played at its own frame rate and may drop frames.
     realtime = not (source.isdigit() or "://" in source)
-    src = _source(source, kind="file" if realtime else None, realtime=realtime, drop=drop or "latest", stride=stride, queue_size=queue_size, rtsp_transport=rtsp_transport,
-                  max_retries=max_retries, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
+    src = _source(source, kind="file" if realtime else None, realtime=realtime, drop=drop or "latest",
+                  stride=stride, queue_size=queue_size, rtsp_transport=rtsp_transport, max_retries=max_retries, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
                   watchdog_s=watchdog, backoff_max_s=backoff_max)
     _run(Job(command="live", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
              stats=stats, hud=hud, argv=sys.argv[1:], duration_s=duration,
-             pipeline=PipelineConfig(stats_interval_s=stats_interval, log_every=log_every, log_masks=log_masks,
-                                     on_stage_error=on_stage_error),
-             segment=_seg_options(no_segment, seg_model, seg_weights, seg_size, score_threshold, mask_threshold,
-                                  classes, device, max_detections, batch),
-             caption=_caption_options(no_caption, caption_model, caption_every, caption_interval, beam, device)))
+             **_model_options(locals())))
 
 
 @app.command()
@@ -252,7 +256,7 @@ def monitor(
 
     _setup_logging(verbose)
     if len(set(urls)) != len(urls):
-        raise _fail(f"the same URL is given twice")
+        raise _fail("the same URL is given twice")
     sources = [_source(u, kind="webcam" if u.isdigit() else "stream", drop=drop, stride=stride,
                        queue_size=queue_size, rtsp_transport=rtsp_transport, max_retries=max_retries,
                        open_timeout_s=open_timeout, read_timeout_s=read_timeout, watchdog_s=watchdog,
@@ -260,11 +264,7 @@ def monitor(
                for u in urls]
     _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=sys.argv[1:], progress=False,
              duration_s=duration,
-             pipeline=PipelineConfig(stats_interval_s=stats_interval, log_every=log_every, log_masks=log_masks,
-                                     on_stage_error=on_stage_error),
-             segment=_seg_options(no_segment, seg_model, seg_weights, seg_size, score_threshold, mask_threshold,
-                                  classes, device, max_detections, batch),
-             caption=_caption_options(no_caption, caption_model, caption_every, caption_interval, beam, device)))
+             **_model_options(locals())))
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

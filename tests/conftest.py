@@ -97,29 +97,38 @@ def need_tool(name: str) -> str:
 
 
 class RtspServer:
-    """Debian's rtsp-server-perl on loopback, fed by ffmpeg looping a clip (UDP transport only)."""
+    """Debian's rtsp-server-perl fed by ffmpeg looping a clip (UDP transport only), on its own
+    loopback address (127.x.y.z).
+
+    rtsp-server-perl resets its RTP listening port to 20000 whenever it has no mounts, so two
+    servers on one address (two cameras, or another test run on the same machine) collide
+    there and the second publisher's RECORD fails with 404; a separate address per server keeps
+    them apart. The server never frees a mount whose publisher left, so a publisher that
+    stopped can only come back after a restart (``kill()`` then ``start()``).
+    """
 
     def __init__(self, clip: Path, mount: str = "cam1", size: tuple[int, int] | None = None) -> None:
+        import random
+
         need_tool("rtsp-server-perl")
         need_tool("ffmpeg")
         self.clip = clip
         self.mount = mount
         self.size = size
+        self.host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
         self.client_port = free_port()
         self.source_port = free_port()
-        self.rtp_port = 20000 + (self.client_port % 20000)
         self.server: subprocess.Popen | None = None
         self.publisher: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.client_port}/{self.mount}"
+        return f"rtsp://{self.host}:{self.client_port}/{self.mount}"
 
     def start(self, publish: bool = True) -> "RtspServer":
         self.server = subprocess.Popen(
             ["rtsp-server-perl", "-c", str(self.client_port), "-s", str(self.source_port), "-l", "1",
-             "--client_listen_address", "127.0.0.1", "--source_listen_address", "127.0.0.1",
-             "--rtp_start_port", str(self.rtp_port)],
+             "--client_listen_address", self.host, "--source_listen_address", self.host],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self._wait_port(self.source_port)
         if publish:
@@ -132,7 +141,7 @@ class RtspServer:
         codec = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-bf", "0"] if size else ["-c:v", "copy"]
         self.publisher = subprocess.Popen(
             ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip), "-an", *vf, *codec,
-             "-f", "rtsp", f"rtsp://127.0.0.1:{self.source_port}/{self.mount}"],
+             "-f", "rtsp", f"rtsp://{self.host}:{self.source_port}/{self.mount}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
             start_new_session=True)
 
@@ -153,10 +162,10 @@ class RtspServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
+                if s.connect_ex((self.host, port)) == 0:
                     return
             time.sleep(0.1)
-        raise RuntimeError(f"rtsp server did not listen on {port}")
+        raise RuntimeError(f"rtsp server did not listen on {self.host}:{port}")
 
 
 @pytest.fixture

@@ -135,69 +135,9 @@ def check_complete_log(log: Path) -> list[dict]:
     return [json.loads(line) for line in data.decode("utf-8").splitlines()]
 
 
-class LoopbackRtspServer:
-    """conftest's RtspServer on its own loopback address (127.x.y.z).
-
-    rtsp-server-perl resets its RTP listening port to 20000 whenever it has no mounts, so two
-    servers on one address (two cameras here, or another test run on the same machine)
-    collide there and the second publisher's RECORD fails with 404. A separate address per
-    server keeps them apart. The server also never frees a mount whose publisher left, so a
-    publisher that stopped can only come back after a restart (``kill()`` then ``start()``).
-    """
-
-    def __new__(cls, clip, **kw):
-        import random
-
-        from conftest import RtspServer
-
-        host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
-
-        class _Server(RtspServer):
-            def __init__(self) -> None:
-                super().__init__(clip, **kw)
-                self.host = host
-
-            @property
-            def url(self) -> str:
-                return f"rtsp://{self.host}:{self.client_port}/{self.mount}"
-
-            def start(self, publish: bool = True):
-                self.server = subprocess.Popen(
-                    ["rtsp-server-perl", "-c", str(self.client_port), "-s", str(self.source_port), "-l", "1",
-                     "--client_listen_address", self.host, "--source_listen_address", self.host],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-                self._wait_port(self.source_port)
-                if publish:
-                    self.publish()
-                return self
-
-            def publish(self, size=None) -> None:
-                size = size or self.size
-                vf = ["-vf", f"scale={size[0]}:{size[1]}"] if size else []
-                codec = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-bf", "0"] if size else ["-c:v", "copy"]
-                self.publisher = subprocess.Popen(
-                    ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip), "-an", *vf, *codec,
-                     "-f", "rtsp", f"rtsp://{self.host}:{self.source_port}/{self.mount}"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                    start_new_session=True)
-
-            def _wait_port(self, port: int, timeout: float = 10.0) -> None:
-                import socket
-
-                deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline:
-                    with socket.socket() as s:
-                        if s.connect_ex((self.host, port)) == 0:
-                            return
-                    time.sleep(0.1)
-                raise RuntimeError(f"rtsp server did not listen on {self.host}:{port}")
-
-        return _Server()
-
-
 @pytest.fixture
 def loopback_rtsp():
-    """Factory of LoopbackRtspServer publishing the sample clip; all killed at the end."""
+    """Factory of conftest.RtspServer publishing the sample clip; all killed at the end."""
     from conftest import SAMPLE_CLIP, need_tool
 
     need_tool("rtsp-server-perl")
@@ -205,7 +145,9 @@ def loopback_rtsp():
     servers = []
 
     def make(clip=SAMPLE_CLIP, **kw):
-        server = LoopbackRtspServer(clip, **kw)
+        from conftest import RtspServer
+
+        server = RtspServer(clip, **kw)
         servers.append(server)
         return server
 
