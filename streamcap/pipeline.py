@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from streamcap.capture import EOS, SourceConfig, SourceReader, redact_url
-from streamcap.errors import (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOURCE_FAILED,
-                              EXIT_STAGE_FAILED, StageError, StreamcapError)
+from streamcap.errors import (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOURCE_FAILED, StageError,
+                              StreamcapError)
 from streamcap.sinks import JsonlSink, VideoFileSink, iso_time
 from streamcap.stages import CaptionStage, InferenceStage, NoOpStage
 from streamcap.types import Caption, Detections, Frame, FrameResult

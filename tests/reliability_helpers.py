@@ -133,24 +133,3 @@ def check_complete_log(log: Path) -> list[dict]:
     data = log.read_bytes()
     assert data.endswith(b"\n"), "the log's last line is cut"
     return [json.loads(line) for line in data.decode("utf-8").splitlines()]
-
-
-@pytest.fixture
-def loopback_rtsp():
-    """Factory of conftest.RtspServer publishing the sample clip; all killed at the end."""
-    from conftest import SAMPLE_CLIP, need_tool
-
-    need_tool("rtsp-server-perl")
-    need_tool("ffmpeg")
-    servers = []
-
-    def make(clip=SAMPLE_CLIP, **kw):
-        from conftest import RtspServer
-
-        server = RtspServer(clip, **kw)
-        servers.append(server)
-        return server
-
-    yield make
-    for s in servers:
-        s.kill()

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import probe_frames
 from reliability_helpers import (ENGINE_ONLY, FAST_NET, Child, RssSampler, check_complete_log,  # noqa: F401
-                                 count_status, follow, frames, loopback_rtsp, statuses, wait_for)
+                                 count_status, follow, frames, statuses, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +41,8 @@ def _backoffs_are_capped_and_growing(records: list[dict]) -> None:
             run = []
 
 
-def test_server_killed_and_restarted_three_times(tmp_path, loopback_rtsp):
-    server = loopback_rtsp(size=SMALL).start()
+def test_server_killed_and_restarted_three_times(tmp_path, rtsp_server):
+    server = rtsp_server(size=SMALL).start()
     log = tmp_path / "log.jsonl"
     child = Child(tmp_path, "live", "--source", server.url, *FAST_NET, *ENGINE_ONLY, "--log", str(log),
                   "--stats-interval", "2", "--duration", "120")
@@ -80,12 +80,12 @@ def test_server_killed_and_restarted_three_times(tmp_path, loopback_rtsp):
     assert rss and max(rss) - rss[0] < 150, f"RSS grew from {rss[0]:.0f} to {max(rss):.0f} MiB"
 
 
-def test_no_publisher_at_start_then_stall_then_new_resolution(tmp_path, loopback_rtsp):
+def test_no_publisher_at_start_then_stall_then_new_resolution(tmp_path, rtsp_server):
     """The server is up but its mount has no publisher (the camera's encoder is not running),
     then publishes at 160x120, stalls (publisher gone, server still up and accepting
     connections that carry nothing), and comes back after a restart at 320x240. The reader
     backs off while the server sends nothing, and the video keeps its first size and plays."""
-    server = loopback_rtsp(size=SMALL).start(publish=False)
+    server = rtsp_server(size=SMALL).start(publish=False)
     log, out = tmp_path / "log.jsonl", tmp_path / "out.mp4"
     child = Child(tmp_path, "live", "--source", server.url, *FAST_NET, *ENGINE_ONLY, "--log", str(log),
                   "--out", str(out), "--duration", "120")
@@ -128,8 +128,8 @@ def test_no_publisher_at_start_then_stall_then_new_resolution(tmp_path, loopback
     assert probe_frames(out) == end["written"] == len(frames(records))
 
 
-def test_camera_that_never_comes_up_gives_up_with_exit_3(tmp_path, loopback_rtsp):
-    server = loopback_rtsp().start(publish=False)  # a server that answers, with nothing to show
+def test_camera_that_never_comes_up_gives_up_with_exit_3(tmp_path, rtsp_server):
+    server = rtsp_server().start(publish=False)  # a server that answers, with nothing to show
     log = tmp_path / "log.jsonl"
     child = Child(tmp_path, "live", "--source", server.url, *FAST_NET, *ENGINE_ONLY, "--log", str(log),
                   "--max-retries", "3", "--out", str(tmp_path / "out.mp4"))
@@ -146,9 +146,9 @@ def test_camera_that_never_comes_up_gives_up_with_exit_3(tmp_path, loopback_rtsp
     assert not (tmp_path / "out.mp4").exists()  # no empty video left behind
 
 
-def test_monitor_one_camera_down_the_other_unaffected(tmp_path, loopback_rtsp):
-    cam1 = loopback_rtsp(mount="cam1", size=SMALL).start()
-    cam2 = loopback_rtsp(mount="cam2", size=SMALL).start()
+def test_monitor_one_camera_down_the_other_unaffected(tmp_path, rtsp_server):
+    cam1 = rtsp_server(mount="cam1", size=SMALL).start()
+    cam2 = rtsp_server(mount="cam2", size=SMALL).start()
     log = tmp_path / "log.jsonl"
     child = Child(tmp_path, "monitor", cam1.url, cam2.url, *FAST_NET, *ENGINE_ONLY, "--log", str(log),
                   "--stats-interval", "2", "--duration", "120")

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, SAMPLE_CLIP, probe_frames, run_cli, write_video
 from reliability_helpers import (ENGINE_ONLY, FAST_NET, Child, check_complete_log, follow, frames,  # noqa: F401
-                                 loopback_rtsp, wait_for)
+                                 wait_for)
 from streamcap.capture import SourceConfig, redact_url
 from streamcap.pipeline import Pipeline
 
@@ -45,8 +45,8 @@ def test_redact_url(uri, expected):
 
 
 @pytest.mark.slow
-def test_live_with_credentials_leaks_nothing(tmp_path, loopback_rtsp):
-    server = loopback_rtsp(size=(160, 120)).start()
+def test_live_with_credentials_leaks_nothing(tmp_path, rtsp_server):
+    server = rtsp_server(size=(160, 120)).start()
     url = _with_creds(server.url)
     log, out = tmp_path / "log.jsonl", tmp_path / "out.mp4"
     child = Child(tmp_path, "live", "--source", url, *FAST_NET, *ENGINE_ONLY, "--log", str(log), "--out", str(out),
@@ -61,8 +61,8 @@ def test_live_with_credentials_leaks_nothing(tmp_path, loopback_rtsp):
 
 
 @pytest.mark.slow
-def test_monitor_and_failing_cameras_with_credentials_leak_nothing(tmp_path, loopback_rtsp):
-    server = loopback_rtsp(size=(160, 120)).start()
+def test_monitor_and_failing_cameras_with_credentials_leak_nothing(tmp_path, rtsp_server):
+    server = rtsp_server(size=(160, 120)).start()
     good = _with_creds(server.url)
     dead = f"rtsp://admin:{SECRET}@127.0.0.1:9/cam"
     cgi = f"http://127.0.0.1:9/video.cgi?user=admin&pwd={SECRET}"

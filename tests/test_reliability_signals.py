@@ -12,7 +12,7 @@ import pytest
 
 from conftest import MEDIA, SAMPLE_CLIP, probe_frames, write_video
 from reliability_helpers import (ENGINE_ONLY, FAST_NET, Child, check_complete_log, follow, frames,  # noqa: F401
-                                 loopback_rtsp, wait_for)
+                                 wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +66,9 @@ def test_live_interrupted_at_a_random_moment(tmp_path, sig):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
-def test_monitor_interrupted_at_a_random_moment(tmp_path, sig, loopback_rtsp):
+def test_monitor_interrupted_at_a_random_moment(tmp_path, sig, rtsp_server):
     delay = random.Random(11 + sig).uniform(0.2, 3.0)
-    cams = [loopback_rtsp(mount=f"cam{i}", size=(160, 120)).start() for i in (1, 2)]
+    cams = [rtsp_server(mount=f"cam{i}", size=(160, 120)).start() for i in (1, 2)]
     log = tmp_path / "log.jsonl"
     child = Child(tmp_path, "monitor", *(c.url for c in cams), *FAST_NET, *ENGINE_ONLY, "--log", str(log),
                   "--stats-interval", "1")
