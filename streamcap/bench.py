@@ -90,15 +90,27 @@ def measure_pipeline(video: Path, out: Path, codec: str, stage=None, renderer=No
 
 
 def peak_rss_of_file_command(video: Path, out: Path) -> int:
-    """Peak RSS (KiB) of a ``streamcap file --no-segment --no-caption`` child process."""
+    """Peak RSS (KiB) of a ``streamcap file --no-segment --no-caption`` child process.
+
+    Read from the child's own high-water mark (VmHWM in /proc), polled until it exits: the
+    rusage of a child counts the pages it had from this (large) process before exec.
+    """
     proc = subprocess.Popen([sys.executable, "-m", "streamcap", "file", str(video), "--out", str(out),
                              "--overwrite", "--no-segment", "--no-caption"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    peak = 0
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
     if proc.returncode != 0:
         raise RuntimeError(f"streamcap file exited {proc.returncode} on {video}")
-    return int(usage.ru_maxrss)
+    return peak
 
 
 def make_longer(video: Path, times: int, out: Path) -> Path:
