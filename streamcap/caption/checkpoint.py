@@ -77,8 +77,14 @@ def load_checkpoint(path, map_location="cpu") -> LoadedCaptioner:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated zip, random bytes, pickled modules
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BadInputError(f"caption checkpoint {path} is unreadable or corrupt: {msg[:200]}") from None
+        text = str(err)
+        if "Weights only load failed" in text:
+            # torch's paragraph about weights_only; what matters is the reason it gives last.
+            reason = "it holds pickled Python objects, not plain tensors" if "Unsupported global" in text \
+                else "not a PyTorch checkpoint (or a truncated one)"
+        else:
+            reason = text.strip().splitlines()[0][:200] if text.strip() else type(err).__name__
+        raise BadInputError(f"caption checkpoint {path} is unreadable or corrupt: {reason}") from None
     if not isinstance(ckpt, dict):
         raise BadInputError(f"caption checkpoint {path} is not a streamcap checkpoint (not a dict)")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
