@@ -1,4 +1,5 @@
-"""Train the caption decoder on frozen, cached image features.
+"""Train the caption decoder on frozen, cached image features (or, with --fine-tune-blocks,
+together with the encoder's last blocks, from images).
 
     python -m training.train --dataset flickr8k --images DIR --captions FILE \\
         [--split-file train.txt --val-split-file dev.txt] --out runs/NAME
@@ -60,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on features projected to D principal directions (context gate "
                         "fixed open); the saved decoder has the projection folded in and takes "
                         "the full encoder output (0: off). ~2x faster on CPU at D=256")
+    g.add_argument("--fine-tune-blocks", type=int, default=0, metavar="N",
+                   help="also train the encoder's last N blocks, from images (no feature cache; "
+                        "slow on CPU, meant for GPUs). 0: frozen encoder, cached features")
+    g.add_argument("--encoder-lr", type=float, default=1e-4,
+                   help="learning rate of the fine-tuned encoder blocks (same schedule as --lr)")
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: no cap)")
@@ -140,6 +146,9 @@ class Prepared:
         log(f"{len(self.train_images)} train images ({len(self.encoded.ids)} captions), "
             f"{len(self.dev_images)} dev images, vocabulary {len(self.vocab)} words "
             f"(min count {args.min_count}), max length {args.max_len}")
+        if getattr(args, "fine_tune_blocks", 0) > 0:  # features come from the encoder at each step
+            self.train_feats = self.dev_feats = self.flip_feats = self.projection = None
+            return
         names = sorted(set(self.train_images) | set(self.dev_images))
         cache = build_cache(names, args.images, args.cache_dir, args.encoder, args.image_size,
                             progress=not args.no_progress)
@@ -265,6 +274,11 @@ def train(args) -> dict:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         device = pick_device(args.device)
+        finetune = args.fine_tune_blocks > 0
+        if finetune and args.project_dim:
+            raise BadInputError("--fine-tune-blocks cannot be combined with --project-dim")
+        if finetune and args.average_last:
+            raise BadInputError("--fine-tune-blocks cannot be combined with --average-last")
         resume = None
         if args.resume is not None:
             rpath = args.resume / "resume.pt" if args.resume.is_dir() else args.resume
@@ -274,9 +288,22 @@ def train(args) -> dict:
             args.vocab = Vocab.from_dict(resume["vocab"])
             if resume.get("projection") is not None:
                 args.projection = resume["projection"].numpy()
+            if int(resume.get("fine_tune_blocks", 0)) != args.fine_tune_blocks:
+                raise BadInputError(f"--resume {rpath} was trained with --fine-tune-blocks "
+                                    f"{int(resume.get('fine_tune_blocks', 0))}; pass the same value")
         seed_everything(args.seed)
         prep = Prepared(args, log=lambda m: print(m, flush=True))
         vocab = prep.vocab
+        encoder = None
+        if finetune:
+            from training import finetune as ft
+
+            encoder = ft.build_finetune_encoder(args.encoder, args.fine_tune_blocks, device)
+            if resume is not None:
+                encoder.load_state_dict(resume["encoder_state"])
+            prep.feature_dim = encoder.out_channels
+            prep.dev_feats = ft.OnTheFlyFeatures(encoder, args.images, prep.dev_images,
+                                                 args.image_size, device)
         cfg = CaptionModelConfig(vocab_size=len(vocab), feature_dim=prep.feature_dim,
                                  embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                                  attention_dim=args.attention_dim, dropout=args.dropout,
@@ -297,8 +324,15 @@ def train(args) -> dict:
         trainable = [(n, p) for n, p in decoder.named_parameters() if p.requires_grad]
         decay = [p for n, p in trainable if p.dim() > 1 and "embed" not in n]
         no_decay = [p for n, p in trainable if not (p.dim() > 1 and "embed" not in n)]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+        groups = [{"params": decay, "weight_decay": args.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        base_lrs = [args.lr, args.lr]
+        if encoder is not None:  # third group: the encoder's unfrozen blocks
+            groups.append({"params": ft.trainable_params(encoder), "weight_decay": args.weight_decay})
+            base_lrs.append(args.encoder_lr)
+        opt = torch.optim.AdamW(groups, lr=args.lr)
+        clip_params = [p for g in groups for p in g["params"]]
+        encoder_state = (lambda: encoder.state_dict()) if encoder is not None else (lambda: None)
         use_cuda_amp = args.amp == "auto" and device.type == "cuda"
         amp_dtype = torch.float16 if use_cuda_amp else (torch.bfloat16 if args.amp == "bf16" else None)
         scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
@@ -335,7 +369,8 @@ def train(args) -> dict:
                     "best_dev": best, "metric": args.metric, "max_len": args.max_len,
                     "min_count": args.min_count, "train_images": len(prep.train_images),
                     "dev_images": len(prep.dev_images), "command": run_info["command"],
-                    "trained_feature_dim": cfg.feature_dim, "feature_dim": encoder_feature_dim}
+                    "trained_feature_dim": cfg.feature_dim, "feature_dim": encoder_feature_dim,
+                    "fine_tune_blocks": args.fine_tune_blocks}
             info.update(extra or {})
             return info
 
@@ -346,7 +381,10 @@ def train(args) -> dict:
                         "step": step, "epoch": epoch, "best": best, "bad_evals": bad_evals,
                         "history": history, "torch_rng": torch.get_rng_state(),
                         "projection": (None if prep.projection is None
-                                       else torch.from_numpy(prep.projection))},
+                                       else torch.from_numpy(prep.projection)),
+                        "fine_tune_blocks": args.fine_tune_blocks,
+                        "encoder_state": (None if encoder is None else
+                                          {k: v.cpu() for k, v in encoder.state_dict().items()})},
                        args.out / "resume.pt.tmp")
             (args.out / "resume.pt.tmp").replace(args.out / "resume.pt")
 
@@ -368,11 +406,13 @@ def train(args) -> dict:
             if improved:
                 best, bad_evals = m[args.metric], 0
                 save_checkpoint(args.out / "best.pt", shippable(decoder), vocab, args.encoder,
-                                train_info(train_info_metrics(m)), input_size=args.image_size)
+                                train_info(train_info_metrics(m)), encoder_state=encoder_state(),
+                                input_size=args.image_size)
             else:
                 bad_evals += 1
             save_checkpoint(args.out / "last.pt", shippable(decoder), vocab, args.encoder,
-                            train_info(train_info_metrics(m)), input_size=args.image_size)
+                            train_info(train_info_metrics(m)), encoder_state=encoder_state(),
+                            input_size=args.image_size)
             save_resume()
             prog.log(f"step {step} epoch {epoch}: loss {train_loss:.3f}  dev BLEU-4 {m['bleu4']:.4f} "
                      f"CIDEr-D {m['cider_d']:.4f}  {'*best*' if improved else f'({bad_evals} w/o gain)'}"
@@ -386,7 +426,7 @@ def train(args) -> dict:
         start_step = step
         stop = step >= total_steps
         seen_images, t_rate, running = 0, time.time(), []
-        feats_all = torch.from_numpy(prep.train_feats)
+        feats_all = torch.from_numpy(prep.train_feats) if encoder is None else None
         flips = torch.from_numpy(prep.flip_feats) if prep.flip_feats is not None else None
         ids_all = torch.from_numpy(prep.encoded.ids)
         owners = torch.from_numpy(prep.encoded.image_index)
@@ -403,7 +443,18 @@ def train(args) -> dict:
                     caps = ids_all[rows_t]
                     T = int(prep.encoded.lengths[rows].max())
                     caps = caps[:, :T]  # (B, T) trimmed to the longest in the batch
-                    feats = feats_all[img]  # (B, L, C) float16
+                    if encoder is not None:  # encode the batch's distinct images, with gradients
+                        uniq, inv = torch.unique(img, return_inverse=True)
+                        flip = (torch.rand(len(uniq), generator=gen) < 0.5 if args.flip_aug
+                                else torch.zeros(len(uniq), dtype=torch.bool))
+                        x = ft.load_images(args.images, [prep.train_images[i] for i in uniq.tolist()],
+                                           args.image_size, flip.tolist()).to(device)
+                        caps = torch.where(flip[inv][:, None], swap[caps], caps)
+                        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                            enabled=amp_dtype is not None):
+                            feats = ft.encode(encoder, x)[inv.to(device)]  # (B, L, C)
+                    else:
+                        feats = feats_all[img]  # (B, L, C) float16
                     if flips is not None:
                         use = torch.rand(len(rows), generator=gen) < 0.5
                         if use.any():
@@ -411,9 +462,10 @@ def train(args) -> dict:
                             caps = torch.where(use[:, None], swap[caps], caps)
                     feats = feats.to(device).float()
                     caps = caps.to(device)
-                    for g in opt.param_groups:
-                        g["lr"] = args.lr * lr_factor(step, total_steps, args.warmup_steps,
-                                                      args.schedule, args.min_lr_ratio)
+                    factor = lr_factor(step, total_steps, args.warmup_steps, args.schedule,
+                                       args.min_lr_ratio)
+                    for g, base in zip(opt.param_groups, base_lrs):
+                        g["lr"] = base * factor
                     with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                         enabled=amp_dtype is not None):
                         logits, alphas = decoder(feats, caps)  # (B, T-1, V), (B, T-1, L)
@@ -423,7 +475,7 @@ def train(args) -> dict:
                     scaler.scale(loss).backward()
                     if args.clip > 0:
                         scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_(decoder.parameters(), args.clip)
+                        torch.nn.utils.clip_grad_norm_(clip_params, args.clip)
                     scaler.step(opt)
                     scaler.update()
                     step += 1
