@@ -83,6 +83,14 @@ class Stats:
         with self._lock:
             self.processed += n
 
+    def add_stage_errors(self, n: int) -> None:
+        with self._lock:
+            self.stage_errors += n
+
+    def add_caption(self) -> None:
+        with self._lock:
+            self.captions += 1
+
     def add_written(self, latency_ms: float) -> None:
         with self._lock:
             self.written += 1
@@ -219,7 +227,7 @@ class Pipeline:
             self._fail(err)
 
     # -- inference worker ----------------------------------------------------------------------
-    def _next_batch(self, pending: dict[str, SourceReader], seq: dict[str, int]) -> list[Frame]:
+    def _next_batch(self, pending: dict[str, SourceReader]) -> list[Frame]:
         """Up to batch_size frames, round-robin over sources; waits briefly for the first."""
         batch: list[Frame] = []
         limit = max(1, int(getattr(self.stage, "batch_size", 1)))
@@ -252,7 +260,7 @@ class Pipeline:
         consecutive = 0
         try:
             while pending and not self._stop.is_set():
-                frames = self._next_batch(pending, seq)
+                frames = self._next_batch(pending)
                 if not frames:
                     continue
                 try:
@@ -262,8 +270,7 @@ class Pipeline:
                     consecutive = 0
                 except Exception as err:  # the documented policy: skip and count, or stop
                     consecutive += len(frames)
-                    with self.stats._lock:
-                        self.stats.stage_errors += len(frames)
+                    self.stats.add_stage_errors(len(frames))
                     message = redact_url(f"{type(err).__name__}: {err}")
                     log.warning("stage %s failed on %d frame(s): %s", self.stage.name, len(frames), message)
                     for f in frames:
@@ -324,8 +331,7 @@ class Pipeline:
         try:
             raw, score = self.captioner(frame)
         except Exception as err:
-            with self.stats._lock:
-                self.stats.stage_errors += 1
+            self.stats.add_stage_errors(1)
             self._log("stage_error", source=frame.source, frame_index=frame.index, stage="caption",
                       message=f"{type(err).__name__}: {err}"[:500])
             return
@@ -335,8 +341,7 @@ class Pipeline:
         changed = prev is None or shown != prev.text if smoother is None else changed
         caption = Caption(shown, raw, float(score), frame.index, changed)
         self._captions[frame.source] = caption
-        with self.stats._lock:
-            self.stats.captions += 1
+        self.stats.add_caption()
         self._log("caption", source=frame.source, frame_index=frame.index, pts_s=round(frame.pts_s, 3),
                   frame_time=iso_time(frame.wall_ts), raw=raw, shown=shown, score=round(float(score), 4),
                   changed=changed)

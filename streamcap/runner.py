@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from streamcap.capture import SourceConfig, probe_file
+from streamcap.capture import SourceConfig, probe_file, redact_url
 from streamcap.errors import BadInputError
 from streamcap.pipeline import Pipeline, PipelineConfig, RunSummary
 from streamcap.sinks import JsonlSink, VideoFileSink, check_output_path
@@ -134,7 +134,7 @@ def run_job(job: Job, *, console: Console | None = None, on_result: Callable | N
                         summarize=summarize, on_result=on_result, on_frame=on_frame, display=job.show,
                         hud=job.hud or job.stats)
     if log_sink is not None:
-        log_sink.write("run", command=job.command, argv=[_redact_arg(a) for a in job.argv],
+        log_sink.write("run", command=job.command, argv=[redact_url(a) for a in job.argv],
                        sources=[s.name for s in resolved], stage=stage.name,
                        stage_info=stage.describe() if hasattr(stage, "describe") else stage.name,
                        random_weights=bool(getattr(stage, "random_weights", False)),
@@ -174,12 +174,6 @@ def run_job(job: Job, *, console: Console | None = None, on_result: Callable | N
         if log_sink is not None:
             log_sink.close()
     return summary
-
-
-def _redact_arg(arg: str) -> str:
-    from streamcap.capture import redact_url
-
-    return redact_url(arg)
 
 
 class _Display:
