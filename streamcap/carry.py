@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -198,8 +198,7 @@ class Carrier:
 
     def _advance_carry(self, small: np.ndarray, grey: np.ndarray) -> list[Optional[np.ndarray]]:
         cfg = self.config
-        init = self._flow if self._flow is not None else None
-        self._flow = flow = self._dis.calc(grey, self._key_grey, init)
+        self._flow = flow = self._dis.calc(grey, self._key_grey, self._flow)
         mx, my = self._grid[0] + flow[..., 0], self._grid[1] + flow[..., 1]
         warped_key = cv2.remap(self._key_grey, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         err = cv2.blur(cv2.absdiff(warped_key, grey), (5, 5))
