@@ -38,6 +38,29 @@ CPU_SEG_SIZE = 512  # default short side on a CPU: about 4x cheaper than 800, st
 GPU_SEG_SIZE = 0  # full size on a GPU: the frame as it is (0 means no resize)
 MAX_SIZE_RATIO = 1333 / 800  # torchvision's long-side cap relative to the short side
 GPU_BATCH = 4
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_native_bf16() -> bool:
+    """True where this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), as torch reports it."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except RuntimeError:
+            continue
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device, fp16: bool = True) -> str:
+    """"auto" -> fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; others as given."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "fp16" if fp16 else "fp32"
+    return "bf16" if cpu_native_bf16() else "fp32"
 
 
 def category_names(model: str = "v1") -> list[str]:
@@ -64,8 +87,11 @@ class SegmenterConfig:
     device           "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     max_detections   at most this many detections per frame, best first
     batch            frames per model call; None: 1 on CPU, 4 on GPU
-    fp16             float16 autocast on CUDA (ignored on CPU)
-    channels_last    channels-last memory format (can help on GPU)
+    precision        "auto" | "fp32" | "bf16" | "fp16": the autocast dtype of the forward pass.
+                     auto: fp16 on CUDA, bf16 (+ channels_last) on a CPU with native bf16
+                     (AVX512-BF16 or AMX), fp32 elsewhere; see ``resolve_precision``
+    fp16             legacy switch: False turns CUDA's auto precision into fp32
+    channels_last    channels-last memory format (bf16 on a CPU turns it on)
     threads          torch CPU threads while the segmenter runs (restored after); None: unchanged
     masks            paste masks (False: boxes only, ``Detections.masks`` is None)
     proposals        RPN proposals kept per image (None: torchvision's 1000). The box head runs on
@@ -85,6 +111,7 @@ class SegmenterConfig:
     device: str = "auto"
     max_detections: int = 100
     batch: int | None = None
+    precision: str = "auto"
     fp16: bool = True
     channels_last: bool = False
     threads: int | None = None
@@ -130,6 +157,8 @@ class SegmenterConfig:
                     f"Unknown class name(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(valid)}"
                 )
             object.__setattr__(self, "classes", tuple(by_lower[c.lower()] for c in wanted) or None)
+        if self.precision not in PRECISIONS:
+            raise BadInputError(f"Unknown --precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.device != "auto":
             try:
                 dev = torch.device(self.device)
@@ -296,6 +325,8 @@ class Segmenter:
         on_gpu = self.device.type == "cuda"
         self.seg_size = config.seg_size if config.seg_size is not None else (GPU_SEG_SIZE if on_gpu else CPU_SEG_SIZE)
         self.batch_size = config.batch or (GPU_BATCH if on_gpu else 1)
+        self.precision = resolve_precision(config.precision, self.device, config.fp16)
+        self._amp_dtype = _AMP_DTYPES[self.precision]
         self._class_ids = (
             None if config.classes is None else np.array([self.names.index(c) for c in config.classes], np.int64)
         )
@@ -317,7 +348,7 @@ class Segmenter:
             w += f" ({self.weights_path})"
         return (
             f"Mask R-CNN {self.config.model}, {w}, device {self.device}, seg size {self.seg_size or 'frame'}, "
-            f"batch {self.batch_size}"
+            f"batch {self.batch_size}, precision {self.precision}"
         )
 
     # -- public entry points -------------------------------------------------------------
@@ -351,8 +382,9 @@ class Segmenter:
         with torch.inference_mode():
             # channels_last: the weights are converted in build_segmenter; convolutions then
             # propagate the format (the (3, H, W) inputs are batched inside the model).
-            use_amp = self.config.fp16 and self.device.type == "cuda"
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp) if use_amp else contextlib.nullcontext():
+            amp = (torch.autocast(self.device.type, dtype=self._amp_dtype) if self._amp_dtype is not None
+                   else contextlib.nullcontext())
+            with amp:
                 outputs = self.model(tensors)
             # to the CPU at the edge: boxes (N, 4), scores (N,), labels (N,), masks (N, 1, 28, 28)
             return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
@@ -440,7 +472,10 @@ def build_segmenter(config: SegmenterConfig | None = None, **options: Any) -> Se
     if config.proposals is not None:
         net.rpn._post_nms_top_n["testing"] = config.proposals
     net.to(device)
-    if config.channels_last:
+    precision = resolve_precision(config.precision, device, config.fp16)
+    if precision == "fp16" and device.type == "cpu":
+        log.warning("--precision fp16 on a CPU: float16 autocast is slow on most CPUs; bf16 or fp32 is usually faster")
+    if config.channels_last or (precision == "bf16" and device.type == "cpu"):
         net.to(memory_format=torch.channels_last)
     return Segmenter(
         config,
