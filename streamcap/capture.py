@@ -458,13 +458,13 @@ class SourceReader(threading.Thread):
             if self.cfg.max_retries is not None and attempt > self.cfg.max_retries:
                 self.gave_up = True
                 self.on_status(self.cfg.name, "gave_up", attempts=attempt, retries=attempt - 1,
-                               reason=session.failure(),
+                               reason=redact_url(session.failure()),
                                message=f"no connection after {_plural(attempt, 'attempt')} "
                                        f"({_retries_text(attempt - 1)})")
                 return
             delay = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** (attempt - 1))
             self.on_status(self.cfg.name, "connect_failed", attempt=attempt, retry_in_s=round(delay, 2),
-                           reason=session.failure())
+                           reason=redact_url(session.failure()))
             self._force_reconnect.clear()
             self._halt.wait(delay)
         self.on_status(self.cfg.name, "ended", frames=self.frames_read)
