@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from streamcap.errors import BadInputError
+from streamcap.live_sessions import open_session
 from streamcap.types import Frame
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,6 @@ KINDS = ("webcam", "stream", "file", "images")
 
 # A sentinel that a reader puts after its last frame.
 EOS = object()
-
-_ffmpeg_env_lock = threading.Lock()
-
 
 # user:password@ in any URL of a text, up to the last "@" before the path (a password may
 # hold a raw "@"), and the values of query parameters that IP cameras use for credentials.
@@ -81,9 +79,10 @@ class SourceConfig:
     queue_size: int = 4
     rtsp_transport: str | None = None  # tcp | udp | None (FFmpeg's default)
     open_timeout_s: float = 10.0
-    read_timeout_s: float = 5.0
+    read_timeout_s: float = 5.0  # streams: the longest wait for the next packet
+    first_frame_timeout_s: float = 30.0  # streams: the longest wait for a first keyframe while data flows
     watchdog_s: float = 10.0
-    max_retries: int | None = None  # None: retry live sources forever
+    max_retries: int | None = None  # retries after a failed connect, per outage; None: forever
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     image_fps: float = 1.0  # stream time step for image folders
@@ -98,6 +97,8 @@ class SourceConfig:
             raise BadInputError(f"unknown drop policy {drop!r}; choose latest or block")
         if self.stride < 1:
             raise BadInputError(f"--stride must be 1 or more, got {self.stride}")
+        if self.max_retries is not None and self.max_retries < 0:
+            raise BadInputError(f"--max-retries must be 0 or more, got {self.max_retries}")
         if self.rtsp_transport not in (None, "tcp", "udp"):
             raise BadInputError(f"--rtsp-transport must be tcp or udp, got {self.rtsp_transport!r}")
         name = self.name or default_source_name(self.uri, kind)
@@ -129,25 +130,11 @@ def list_images(uri: str) -> list[Path]:
 
 
 def open_video_capture(cfg: SourceConfig) -> cv2.VideoCapture:
-    """Open a file, webcam or URL with FFmpeg's open/read timeouts where they apply."""
-    if cfg.kind == "webcam":
-        return cv2.VideoCapture(int(cfg.uri))
+    """Open a video file with OpenCV's FFmpeg backend (live sources: see live_sessions)."""
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.read_timeout_s * 1000),
     ]
-    if cfg.kind == "stream" and cfg.rtsp_transport:
-        # FFmpeg options come from one process-wide variable: set it only around the open.
-        with _ffmpeg_env_lock:
-            old = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
-            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"rtsp_transport;{cfg.rtsp_transport}"
-            try:
-                return cv2.VideoCapture(cfg.uri, cv2.CAP_FFMPEG, params)
-            finally:
-                if old is None:
-                    os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
-                else:
-                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = old
     return cv2.VideoCapture(cfg.uri, cv2.CAP_FFMPEG, params)
 
 
@@ -226,6 +213,7 @@ class SourceReader(threading.Thread):
         self._last_frame_mono = time.monotonic()
         self._connected = False
         self._t0: float | None = None
+        self._file_end_s = 0.0
 
     # -- control -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -300,20 +288,24 @@ class SourceReader(threading.Thread):
                 continue
         return False
 
-    def _read_frames(self, cap: cv2.VideoCapture, start_index: int) -> Iterator[tuple[int, np.ndarray, float]]:
-        """Yield (index, image, pos_msec) honouring the stride by grabbing skipped frames."""
-        index = start_index
+    def _read_frames(self, cap: cv2.VideoCapture) -> Iterator[tuple[int, np.ndarray, float]]:
+        """Yield (index, image, pos_msec) honouring the stride by grabbing skipped frames;
+        ``self._file_end_s`` follows the time of the last frame read or grabbed."""
+        index = 0
         stride = self.cfg.stride
-        while not self._halt.is_set() and not self._force_reconnect.is_set():
+        while not self._halt.is_set():
             if stride > 1 and index % stride:
                 if not cap.grab():
                     return
+                self._file_end_s = max(self._file_end_s, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
                 index += 1
                 continue
             ok, img = cap.read()
             if not ok or img is None:
                 return
-            yield index, img, cap.get(cv2.CAP_PROP_POS_MSEC)
+            pos_ms = cap.get(cv2.CAP_PROP_POS_MSEC)
+            self._file_end_s = max(self._file_end_s, pos_ms / 1000.0)
+            yield index, img, pos_ms
             index += 1
 
     def _run_file(self) -> None:
@@ -325,17 +317,23 @@ class SourceReader(threading.Thread):
             fps = fps if 0 < fps < 1000 else 25.0
             self.info = SourceInfo(fps, (0, 0), int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
             self._connected = self.ever_connected = True
-            t_start = time.monotonic()
+            self._file_end_s = 0.0
+            clock0: float | None = None  # realtime: the wall time at which stream time 0 plays
             stopped = False
-            for index, img, pos_ms in self._read_frames(cap, 0):
+            for index, img, pos_ms in self._read_frames(cap):
                 # Container time when FFmpeg gives one, else computed from fps.
                 pts = pos_ms / 1000.0 if pos_ms and pos_ms > 0 else index / fps
                 if index > 0 and pos_ms <= 0:
                     pts = index / fps
                 if self.cfg.realtime:
-                    delay = t_start + index / fps - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
+                    # Paced by the frames' own timestamps: a file with sparse or variable-rate
+                    # frames plays as long as its stream lasts, not frames / nominal fps.
+                    if clock0 is None:
+                        clock0 = time.monotonic() - pts
+                    delay = clock0 + pts - time.monotonic()
+                    if delay > 0 and self._halt.wait(delay):
+                        stopped = True
+                        break
                 if self.info.size == (0, 0):
                     self.info.size = (img.shape[1], img.shape[0])
                 if not self._emit(img, index, pts):
@@ -348,20 +346,29 @@ class SourceReader(threading.Thread):
             cap.release()
 
     def _note_short_file(self, cap: cv2.VideoCapture) -> None:
-        """A file whose decoding stopped well before its container's frame count was cut
-        short or is damaged past that point: say so in the log instead of ending quietly.
-        (The count is an estimate for some containers, hence the margin.)"""
+        """A file whose decoding stopped well before the end of its stream was cut short or is
+        damaged past that point: say so in the log instead of ending quietly.
+
+        The end is judged by time, not by the container's frame count: an AVI header counts
+        empty index entries (dropped frames of a variable-rate recording) as frames, so a file
+        with 68 real frames over 29.6 s claims 444 and is still whole. The stream's length is
+        the container's frame count over its frame rate (exact for such an AVI; an
+        underestimate, never an overestimate, for variable-rate MP4)."""
         expected = self.info.frame_count
+        fps = self.info.fps
         decoded = int(cap.get(cv2.CAP_PROP_POS_FRAMES) or 0)
-        if expected <= 0 or decoded <= 0:
+        if expected <= 0 or decoded <= 0 or fps <= 0:
             return
-        missing = expected - decoded
-        if missing > max(2, expected // 50):
-            self.errors += missing
-            self.on_status(self.cfg.name, "truncated", decoded_frames=decoded, expected_frames=expected,
-                           missing_frames=missing,
-                           message=f"input ended after {decoded} of {expected} frames "
-                                   f"(truncated or damaged file); the rest was skipped")
+        length_s = expected / fps
+        reached_s = self._file_end_s + 1.0 / fps  # the last frame lasts one frame period
+        if length_s - reached_s <= max(2.0 / fps, length_s / 50):
+            return
+        missing = max(expected - decoded, 1)
+        self.errors += missing
+        self.on_status(self.cfg.name, "truncated", decoded_frames=decoded, expected_frames=expected,
+                       missing_frames=missing, decoded_until_s=round(reached_s, 3), length_s=round(length_s, 3),
+                       message=f"input ended at {reached_s:.1f} s of {length_s:.1f} s ({decoded} of "
+                               f"{expected} frames; truncated or damaged file); the rest was skipped")
 
     def _run_images(self) -> None:
         files = list_images(self.cfg.uri)
@@ -387,27 +394,34 @@ class SourceReader(threading.Thread):
 
         A source counts as (re)connected at its first frame, not when the open succeeds: a
         server that accepts the connection but sends nothing (its camera or publisher gone)
-        is a failed attempt with backoff, and the outage lasts until frames flow again.
+        is a failed attempt with backoff, and the outage lasts until frames flow again. A
+        stream that sends data but no keyframe yet is waited for (``first_frame_timeout_s``),
+        not failed at ``read_timeout_s``; the watchdog only watches connections with frames.
+        ``max_retries`` N: after a failed attempt, N more (N + 1 in all per outage), then give up.
         """
         attempt = 0
         index = 0
         lost_at: float | None = None
         last_size: tuple[int, int] | None = None
         self._t0 = None
+        stride = self.cfg.stride
+
+        def keep() -> bool:
+            return index % stride == 0
+
         while not self._halt.is_set():
-            cap = open_video_capture(self.cfg)
-            opened = cap.isOpened()
+            session = open_session(self.cfg)
             got_frame = False
-            if opened:
-                self._force_reconnect.clear()
-                self._last_frame_mono = time.monotonic()
-                self._connected = True
-                fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-                self.info.fps = fps if 0 < fps < 1000 else 25.0
-                try:
-                    for idx, img, _ in self._read_frames(cap, index):
+            try:
+                if session.open():
+                    self._force_reconnect.clear()
+                    self.info.fps = session.fps
+                    for img in session.frames(self._should_hang_up, keep):
+                        idx = index
+                        index += 1
+                        self._last_frame_mono = time.monotonic()
                         if not got_frame:
-                            got_frame = True
+                            got_frame = self._connected = True
                             attempt = 0
                             if lost_at is None and not self.ever_connected:
                                 self.on_status(self.cfg.name, "connected")
@@ -416,6 +430,8 @@ class SourceReader(threading.Thread):
                                                outage_s=round(time.monotonic() - lost_at, 3))
                             self.ever_connected = True
                             lost_at = None
+                        if img is None:  # skipped by the stride
+                            continue
                         size = (img.shape[1], img.shape[0])
                         if last_size is not None and size != last_size:
                             self.on_status(self.cfg.name, "resolution_changed",
@@ -425,14 +441,11 @@ class SourceReader(threading.Thread):
                         if self._t0 is None:
                             self._t0 = now
                         # Live stream time: seconds since the first frame, monotonic across reconnects.
-                        index = idx + 1
                         if not self._emit(img, idx, now - self._t0):
                             break
-                finally:
-                    cap.release()
-                    self._connected = False
-            else:
-                cap.release()
+            finally:
+                session.close()
+                self._connected = False
             if self._halt.is_set():
                 break
             if got_frame:
@@ -444,12 +457,25 @@ class SourceReader(threading.Thread):
             attempt += 1
             if self.cfg.max_retries is not None and attempt > self.cfg.max_retries:
                 self.gave_up = True
-                self.on_status(self.cfg.name, "gave_up", attempts=attempt,
-                               message=f"no connection after {attempt} attempts")
+                self.on_status(self.cfg.name, "gave_up", attempts=attempt, retries=attempt - 1,
+                               reason=redact_url(session.failure()),
+                               message=f"no connection after {_plural(attempt, 'attempt')} "
+                                       f"({_retries_text(attempt - 1)})")
                 return
             delay = min(self.cfg.backoff_max_s, self.cfg.backoff_initial_s * 2 ** (attempt - 1))
             self.on_status(self.cfg.name, "connect_failed", attempt=attempt, retry_in_s=round(delay, 2),
-                           reason="no frames after opening" if opened else "cannot open")
+                           reason=redact_url(session.failure()))
             self._force_reconnect.clear()
             self._halt.wait(delay)
         self.on_status(self.cfg.name, "ended", frames=self.frames_read)
+
+    def _should_hang_up(self) -> bool:
+        return self._halt.is_set() or self._force_reconnect.is_set()
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _retries_text(retries: int) -> str:
+    return "no retries" if retries == 0 else f"the first and {_plural(retries, 'retry', 'retries')}"

@@ -1,4 +1,4 @@
-"""Shared fixtures: small videos written into tmp_path, a real RTSP server, fake stages."""
+"""Shared fixtures: small videos written into tmp_path, real RTSP servers, fake stages."""
 
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ class RtspServer:
     stopped can only come back after a restart (``kill()`` then ``start()``).
     """
 
-    def __init__(self, clip: Path, mount: str = "cam1", size: tuple[int, int] | None = None) -> None:
+    def __init__(self, clip: Path, mount: str = "cam1", size: tuple[int, int] | None = None,
+                 gop: int = 10, fps: float | None = None) -> None:
         import random
 
         need_tool("rtsp-server-perl")
@@ -115,6 +116,7 @@ class RtspServer:
         self.clip = clip
         self.mount = mount
         self.size = size
+        self.gop, self.fps = gop, fps  # keyframe interval (frames) and rate when re-encoding
         self.host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
         self.client_port = free_port()
         self.source_port = free_port()
@@ -138,9 +140,12 @@ class RtspServer:
     def publish(self, size: tuple[int, int] | None = None) -> None:
         size = size or self.size
         vf = ["-vf", f"scale={size[0]}:{size[1]}"] if size else []
-        codec = ["-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-bf", "0"] if size else ["-c:v", "copy"]
+        rate = ["-r", f"{self.fps:g}"] if self.fps else []
+        # A fixed GOP (no scene-cut keyframes: the clip's loop point would add one).
+        codec = (["-c:v", "libx264", "-preset", "ultrafast", "-g", str(self.gop),
+                  "-sc_threshold", "0", "-bf", "0"] if size else ["-c:v", "copy"])
         self.publisher = subprocess.Popen(
-            ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip), "-an", *vf, *codec,
+            ["ffmpeg", "-v", "error", "-re", "-stream_loop", "-1", "-i", str(self.clip), "-an", *vf, *rate, *codec,
              "-f", "rtsp", f"rtsp://{self.host}:{self.source_port}/{self.mount}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
             start_new_session=True)
@@ -174,6 +179,87 @@ def rtsp_server():
 
     def make(clip: Path = SAMPLE_CLIP, **kw) -> RtspServer:
         server = RtspServer(clip, **kw)
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        s.kill()
+
+
+GST_SERVER_SCRIPT = REPO / "tests" / "gst_rtsp_server.py"
+# python3-gi is Debian's: it imports in the system Python, not necessarily in the project's.
+GI_PYTHONS = ("/usr/bin/python3", sys.executable)
+
+
+def gi_python() -> str:
+    """A Python that can import GStreamer's RTSP server (gir1.2-gst-rtsp-server-1.0, python3-gi)."""
+    probe = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    for python in GI_PYTHONS:
+        if os.path.exists(python) and subprocess.run([python, "-c", probe], capture_output=True,
+                                                     timeout=30).returncode == 0:
+            return python
+    if os.environ.get("CI"):
+        pytest.fail("GStreamer's RTSP server is required in CI (.ci/run installs it)")
+    pytest.skip("GStreamer RTSP server (gir1.2-gst-rtsp-server-1.0, python3-gi) not installed")
+
+
+class GstRtspServer:
+    """GStreamer's RTSP server (tests/gst_rtsp_server.py) serving an H.264 clip over TCP
+    (RTP interleaved in the RTSP connection) and/or UDP; rtsp-server-perl speaks UDP only.
+    Each client session plays the clip from its start; ``kill()`` then ``start()`` is a camera
+    rebooting on the same address."""
+
+    def __init__(self, clip: Path, protocols: str = "both", mount: str = "cam1") -> None:
+        self.python = gi_python()
+        self.clip, self.protocols, self.mount = clip, protocols, mount
+        self.port = free_port()
+        self.server: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/{self.mount}"
+
+    def start(self) -> "GstRtspServer":
+        self.server = subprocess.Popen(
+            [self.python, str(GST_SERVER_SCRIPT), str(self.clip), "--host", "127.0.0.1", "--port", str(self.port),
+             "--mount", self.mount, "--protocols", self.protocols],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            if self.server.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"GStreamer RTSP server did not listen on port {self.port}")
+
+    def kill(self) -> None:
+        if self.server is not None:
+            self.server.kill()
+            self.server.wait(timeout=10)
+            self.server = None
+
+
+def gst_clip(folder: Path, seconds: int = 24) -> Path:
+    """The sample clip looped to ``seconds``, at 160x120 with a keyframe a second, as H.264 MP4."""
+    need_tool("ffmpeg")
+    out = folder / "gst_clip.mp4"
+    if out.exists():
+        return out
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", "-1", "-i", str(SAMPLE_CLIP), "-t", str(seconds),
+                    "-an", "-vf", "scale=160:120", "-c:v", "libx264", "-preset", "ultrafast", "-g", "10", "-bf", "0",
+                    "-pix_fmt", "yuv420p", str(out)], check=True, timeout=120)
+    return out
+
+
+@pytest.fixture
+def gst_rtsp_server(tmp_path):
+    servers: list[GstRtspServer] = []
+
+    def make(protocols: str = "both", **kw) -> GstRtspServer:
+        server = GstRtspServer(gst_clip(tmp_path), protocols=protocols, **kw)
         servers.append(server)
         return server
 

@@ -146,6 +146,26 @@ def test_webcam_that_does_not_exist_gives_up(tmp_path):
     assert events.count("connect_failed") == 2 and events[-1] == "gave_up"
 
 
+@pytest.mark.parametrize("retries,attempts,message", [
+    (0, 1, "no connection after 1 attempt (no retries)"),
+    (1, 2, "no connection after 2 attempts (the first and 1 retry)"),
+    (2, 3, "no connection after 3 attempts (the first and 2 retries)"),
+])
+def test_max_retries_counts_retries_after_the_first_attempt(retries, attempts, message):
+    events = []
+    cfg = SourceConfig("97", max_retries=retries, backoff_initial_s=0.01, backoff_max_s=0.02)
+    reader = SourceReader(cfg, on_status=lambda s, st, **k: events.append((st, k)))
+    reader.start()
+    assert drain(reader, timeout=30) == []
+    failed = [k["attempt"] for st, k in events if st == "connect_failed"]
+    assert failed == list(range(1, attempts))  # every attempt but the last is followed by a retry
+    (gave_up,) = [k for st, k in events if st == "gave_up"]
+    assert gave_up["attempts"] == attempts and gave_up["retries"] == retries
+    assert gave_up["message"] == message and gave_up["reason"] == "cannot open"
+    with pytest.raises(BadInputError):
+        SourceConfig("97", max_retries=-1).resolved()
+
+
 def test_watchdog_marks_silent_live_source_stalled():
     events = []
     reader = SourceReader(SourceConfig("rtsp://127.0.0.1:9/x", watchdog_s=0.5),

@@ -1,5 +1,6 @@
 """Files the user did not make: truncated, empty, not a video, a corrupt image among good ones,
-variable frame rate, names with spaces and non-ASCII characters. Each ends with a one-line
+variable frame rate, an AVI whose header counts dropped frames, names with spaces and non-ASCII
+characters. Each ends with a one-line
 error and a documented exit code, or with the bad frames skipped and counted in the log; and
 nothing already written (an earlier log) is lost."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from datetime import datetime
 
 import pytest
 
@@ -144,3 +146,65 @@ def test_paths_with_spaces_and_non_ascii_characters(tmp_path):
     # and the same names in an error message come out intact, on one line
     missing = run_cli("file", str(folder / "né pas là.mp4"), *ENGINE_ONLY)
     assert missing.returncode == 2 and "né pas là.mp4" in missing.stderr
+
+
+def _sparse_avi(folder, seconds=6, every=6):
+    """MPEG-4 in AVI at 15 fps nominal where only every ``every``-th frame (and the last) is real:
+    the muxer writes empty index entries for the rest, so the header claims seconds * 15 frames
+    (90) for 16 real ones, as a camera recording that drops frames writes it."""
+    out = folder / "sparse.avi"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=size=320x240:rate=15:duration={seconds}",
+                    "-vf", f"select='not(mod(n\\,{every}))+eq(n\\,{seconds * 15 - 1})'", "-fps_mode", "passthrough",
+                    "-c:v", "mpeg4", "-f", "avi", str(out)], check=True, timeout=60)
+    return out
+
+
+def _frame_times(path) -> list[float]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
+                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, timeout=60, check=True)
+    return [float(t) for t in out.stdout.split()]
+
+
+def test_avi_whose_header_counts_dropped_frames_is_whole(tmp_path):
+    """The header's 90 frames are 16 real ones spread over 6 s: the file is whole (decoding
+    reached the end of its stream), not truncated with 74 frame errors."""
+    import cv2
+
+    src = _sparse_avi(tmp_path)
+    cap = cv2.VideoCapture(str(src))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 90  # what the header claims
+    cap.release()
+    times = _frame_times(src)
+    assert len(times) == probe_frames(src) == 16
+    out, log = tmp_path / "out.mp4", tmp_path / "log.jsonl"
+    result = run_cli("file", str(src), "--out", str(out), "--log", str(log), *ENGINE_ONLY)
+    assert result.returncode == 0, result.stderr
+    records = check_complete_log(log)
+    assert not [r for r in records if r.get("status") == "truncated"]
+    assert "skipped" not in result.stderr
+    assert [r["pts_s"] for r in records if r["event"] == "frame"] == [round(t, 3) for t in times]
+    assert records[-1]["frame_errors"] == 0 and records[-1]["written"] == 16
+    assert probe_frames(out) == 16
+
+
+def test_live_plays_a_sparse_file_for_as_long_as_its_stream_lasts(tmp_path):
+    """``live --source FILE`` paces by the frames' timestamps: 16 frames over 6 s take about
+    6 s (not 16 / 15 fps = 1 s), so ``--duration`` ends the run before the file does."""
+    src = _sparse_avi(tmp_path)
+    times = _frame_times(src)
+    log = tmp_path / "whole.jsonl"
+    result = run_cli("live", "--source", str(src), "--log", str(log), *ENGINE_ONLY, timeout=90)
+    assert result.returncode == 0, result.stderr
+    records = check_complete_log(log)
+    frames = [r for r in records if r["event"] == "frame"]
+    assert [r["pts_s"] for r in frames] == [round(t, 3) for t in times]
+    wall = [datetime.fromisoformat(r["frame_time"]).timestamp() for r in frames]
+    # A lower bound only (load can only make it slower): at least 0.8x the stream's span.
+    assert wall[-1] - wall[0] >= 0.8 * (times[-1] - times[0]), (wall[-1] - wall[0], times[-1] - times[0])
+    assert records[-1]["reason"] == "eos" and records[-1]["written"] == 16
+    short_log = tmp_path / "short.jsonl"
+    result = run_cli("live", "--source", str(src), "--log", str(short_log), "--duration", "2", *ENGINE_ONLY,
+                     timeout=90)
+    assert result.returncode == 0, result.stderr
+    end = check_complete_log(short_log)[-1]
+    assert end["reason"] == "duration" and 0 < end["written"] < 16

@@ -1,7 +1,8 @@
 """Cameras that drop: a real RTSP server (rtsp-server-perl fed by ffmpeg) killed and restarted
 several times, a mount that publishes nothing (at start and mid-stream), a camera that never
 comes up, a resolution change after a reconnect, and one camera of ``monitor`` failing while
-the other keeps going."""
+the other keeps going; a camera whose keyframes are 17 s apart; GStreamer's RTSP server over TCP
+killed and restarted."""
 
 from __future__ import annotations
 
@@ -139,6 +140,9 @@ def test_camera_that_never_comes_up_gives_up_with_exit_3(tmp_path, rtsp_server):
     assert [r["attempt"] for r in failed] == [1, 2, 3]
     assert [r["retry_in_s"] for r in failed] == [0.5, 1.0, 2.0]
     assert statuses(records)[-1] == "gave_up"
+    gave_up = records[-2]  # --max-retries 3: the first attempt and 3 retries
+    assert gave_up["attempts"] == 4 and gave_up["retries"] == 3
+    assert gave_up["message"] == "no connection after 4 attempts (the first and 3 retries)"
     assert records[-1]["exit_code"] == 3 and records[-1]["written"] == 0
     errors = [line for line in child.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "never connected" in errors[0], child.stderr
@@ -178,4 +182,72 @@ def test_monitor_one_camera_down_the_other_unaffected(tmp_path, rtsp_server):
     times = [datetime.fromisoformat(r["time"]).timestamp() for r in frames(records, cam2.url)]
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert max(gaps) < 3.0, f"cam2 stalled for {max(gaps):.1f} s during cam1's outage"
+    assert records[-1]["reason"] == "sigint"
+
+
+def test_camera_with_keyframes_17_s_apart_connects_with_default_settings(tmp_path, rtsp_server):
+    """libx264's default GOP (a keyframe every 250 frames) at 15 fps, as "smart codec" cameras
+    send: joining after a keyframe, the first decodable frame is ~14 s away, longer than the
+    default --read-timeout (5 s) and --watchdog (10 s). Data arrives all along, so that wait is
+    not an outage: no network options, and the camera connects once and streams. A reader told
+    to wait only 2 s for that keyframe fails with a reason that says so."""
+    from streamcap.capture import SourceConfig, SourceReader
+
+    server = rtsp_server(size=SMALL, gop=250, fps=15).start()
+    time.sleep(3)  # the publisher's first keyframe is gone: the next is 16.7 s after it
+    log = tmp_path / "log.jsonl"
+    child = Child(tmp_path, "monitor", server.url, *ENGINE_ONLY, "--log", str(log), "--duration", "120")
+    events: list[tuple[str, dict]] = []
+    impatient = SourceReader(SourceConfig(server.url, rtsp_transport="udp", first_frame_timeout_s=2, max_retries=0),
+                             on_status=lambda s, st, **k: events.append((st, k)))
+    impatient.start()
+    try:
+        wait_for("frames after the first keyframe", lambda: _n_frames(log) >= 30, child, timeout=60)
+        child.proc.send_signal(2)
+        assert child.wait(timeout=15) == 130, child.stderr
+    finally:
+        child.kill()
+        impatient.stop()
+        impatient.join(timeout=15)
+    records = check_complete_log(log)
+    assert statuses(records) == ["connected", "ended"], statuses(records)  # no connect_failed, lost or stalled
+    idx = [r["frame_index"] for r in frames(records)]
+    assert idx == sorted(set(idx)) and len(idx) >= 30
+    assert records[-1]["reason"] == "sigint"
+    gave_up = [k for st, k in events if st == "gave_up"]
+    assert gave_up and gave_up[0]["reason"].startswith("no decodable frame within 2 s"), events
+    assert "no keyframe" in gave_up[0]["reason"]
+
+
+def test_rtsp_over_tcp_server_killed_and_restarted_reconnects(tmp_path, gst_rtsp_server):
+    """RTP interleaved in the RTSP/TCP connection (``--rtsp-transport tcp``) from a server that
+    offers nothing else: the camera reboots; the reader notices the closed connection, retries
+    with backoff while it is down, and resumes on the same address."""
+    server = gst_rtsp_server(protocols="tcp").start()
+    log = tmp_path / "log.jsonl"
+    child = Child(tmp_path, "live", "--source", server.url, "--rtsp-transport", "tcp", "--read-timeout", "2",
+                  "--open-timeout", "3", "--watchdog", "4", *ENGINE_ONLY, "--log", str(log), "--duration", "120")
+    try:
+        wait_for("first frames", lambda: _n_frames(log) >= 10, child, timeout=30)
+        server.kill()
+        wait_for("loss", lambda: count_status(log, "lost") >= 1, child, timeout=20)
+        wait_for("a failed retry while the camera is down", lambda: count_status(log, "connect_failed") >= 1,
+                 child, timeout=20)
+        server.start()
+        wait_for("reconnect", lambda: count_status(log, "reconnected") >= 1, child, timeout=40)
+        before = _n_frames(log)
+        wait_for("frames after reconnecting", lambda: _n_frames(log) >= before + 10, child, timeout=20)
+        child.proc.send_signal(2)
+        assert child.wait(timeout=15) == 130, child.stderr
+    finally:
+        child.kill()
+    records = check_complete_log(log)
+    st = statuses(records)
+    assert st[0] == "connected" and st.count("lost") == 1 and st.count("reconnected") == 1, st
+    i_lost, i_back = st.index("lost"), st.index("reconnected")
+    assert set(st[i_lost + 1:i_back]) == {"connect_failed"}, st
+    assert all(r["reason"] == "cannot open" for r in records if r.get("status") == "connect_failed")
+    _backoffs_are_capped_and_growing(records)
+    idx = [r["frame_index"] for r in frames(records)]
+    assert idx == sorted(set(idx)), "frame indexes must keep increasing across reconnects"
     assert records[-1]["reason"] == "sigint"

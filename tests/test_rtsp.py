@@ -1,4 +1,5 @@
-"""A real RTSP server (rtsp-server-perl fed by ffmpeg) killed and restarted mid-stream."""
+"""Real RTSP servers: rtsp-server-perl fed by ffmpeg (UDP), killed and restarted mid-stream;
+GStreamer's RTSP server for RTP over TCP."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, read_jsonl
+from conftest import REPO, read_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +80,25 @@ def test_http_source_is_read_as_a_live_stream(tmp_path):
     assert next(r for r in records if r["event"] == "source_status")["status"] == "connected"
     frames = [r for r in records if r["event"] == "frame"]
     assert len(frames) > 5 and all(r["source"] == url for r in frames)
+
+
+def test_rtsp_over_tcp_streams_and_the_transport_option_is_honoured(tmp_path, gst_rtsp_server):
+    """A camera that offers RTP over TCP only (as cameras behind NAT are reached):
+    ``--rtsp-transport tcp`` streams from it; ``udp`` is refused by the server (461
+    Unsupported transport), so the option really picks the transport."""
+    server = gst_rtsp_server(protocols="tcp").start()
+    log = tmp_path / "tcp.jsonl"
+    result = run_cli("live", "--source", server.url, "--rtsp-transport", "tcp", "--no-segment", "--no-caption",
+                     "--log", str(log), "--duration", "4", timeout=90)
+    assert result.returncode == 0, result.stderr
+    records = read_jsonl(log)
+    assert [r["status"] for r in records if r["event"] == "source_status"] == ["connected", "ended"]
+    frames = [r["frame_index"] for r in records if r["event"] == "frame"]
+    assert len(frames) >= 10 and frames == sorted(set(frames))
+    assert records[-1]["reason"] == "duration"
+    udp_log = tmp_path / "udp.jsonl"
+    udp = run_cli("live", "--source", server.url, "--rtsp-transport", "udp", "--max-retries", "0", "--no-segment",
+                  "--no-caption", "--log", str(udp_log), timeout=90)
+    assert udp.returncode == 3, udp.stderr
+    gave_up = [r for r in read_jsonl(udp_log) if r.get("status") == "gave_up"]
+    assert len(gave_up) == 1 and gave_up[0]["attempts"] == 1 and gave_up[0]["reason"] == "cannot open"
