@@ -261,7 +261,7 @@ class Pipeline:
             state = self._source_state.setdefault(source, {})
             state["status"] = status
             state["since"] = iso_time(time.time())
-        level = logging.WARNING if status in ("lost", "stalled", "gave_up", "frame_error", "connect_failed", "truncated") else logging.INFO
+        level = logging.WARNING if status in ("lost", "stalled", "gave_up", "frame_error", "connect_failed", "truncated", "failed") else logging.INFO
         detail = " ".join(f"{k}={v}" for k, v in fields.items())
         log.log(level, "source %s: %s %s", source, status, detail)
         event = "frame_error" if status == "frame_error" else "source_status"
@@ -479,6 +479,8 @@ class Pipeline:
                 if self._video_closed:  # closed by shutdown after the stop grace: nothing more goes in
                     return
                 self.video.write(image, frame.pts_s)
+            if self._abandoned.is_set():  # an encoder that returned after the grace: the run is over
+                return
         latency_ms = (time.monotonic() - frame.mono_ts) * 1000.0
         self.stats.add_written(latency_ms)
         every = self.config.log_every

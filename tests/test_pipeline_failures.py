@@ -264,3 +264,47 @@ def test_keyboard_interrupt_never_closes_the_video_while_the_writer_is_inside_th
             break
         time.sleep(0.05)
     assert video.closed and not video.closed_during_write and video.writes == 4
+
+
+class FailingCaptioner:
+    name = "failing-captioner"
+
+    def __init__(self, fail_on):
+        self.fail_on = fail_on
+
+    def __call__(self, frame):
+        if frame.index in self.fail_on:
+            raise RuntimeError(f"caption model failed on {frame.index}")
+        return "a scene", -1.0
+
+
+@pytest.mark.parametrize("policy,fail_on,code,errors", [
+    ("skip", {2, 5}, 0, 2), ("skip", set(range(3, 100)), EXIT_STAGE_FAILED, 5), ("stop", {4}, EXIT_STAGE_FAILED, 1)])
+def test_caption_model_errors_follow_the_stage_error_policy(tmp_path, policy, fail_on, code, errors):
+    src = write_video(tmp_path / "in.avi", n=20)
+    log = tmp_path / "log.jsonl"
+    with JsonlSink(log) as sink:
+        summary = Pipeline([SourceConfig(str(src))], SlowStage(0.0), captioner=FailingCaptioner(fail_on),
+                           log_sink=sink, config=PipelineConfig(on_stage_error=policy)).run()
+    assert summary.exit_code == code and summary.stage_errors == errors
+    records = read_jsonl(log)
+    assert [r["stage"] for r in _stage_errors(records)] == ["caption"] * errors
+    assert records[-1]["event"] == "end" and records[-1]["exit_code"] == code
+
+
+def test_a_callback_that_raises_ends_the_run_with_its_error(tmp_path):
+    src = write_video(tmp_path / "in.avi", n=20)
+    out, log = tmp_path / "out.mp4", tmp_path / "log.jsonl"
+
+    def on_result(result):
+        if result.frame.index == 7:
+            raise KeyError("missing")
+
+    with JsonlSink(log) as sink:
+        summary = Pipeline([SourceConfig(str(src))], SlowStage(0.0), video=VideoFileSink(out, fps=10),
+                           log_sink=sink, on_result=on_result).run()
+    assert summary.exit_code == EXIT_STAGE_FAILED and "writer failed: KeyError" in summary.error
+    assert summary.output_partial and probe_frames(tmp_path / "out.partial.mp4") == summary.written == 8
+    records = read_jsonl(log)
+    assert [r["stage"] for r in _stage_errors(records)] == ["writer"]
+    assert records[-1]["event"] == "end" and "KeyError" in records[-1]["error"]
