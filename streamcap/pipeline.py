@@ -444,8 +444,10 @@ class Pipeline:
                 try:
                     item = self.results.get(timeout=0.1)
                 except queue.Empty:
-                    if self._stop.is_set() and self._stop_at is not None \
-                            and time.monotonic() - self._stop_at > self.config.stop_grace_s:
+                    # Stopping: nothing more is coming once inference has ended (its end
+                    # marker may not have fit), or once the grace is over.
+                    if self._stop.is_set() and (self._past_grace() or (
+                            not self._worker_alive("inference") and self.results.empty())):
                         break
                     continue
                 if item is _END or self._abandoned.is_set():
@@ -520,7 +522,10 @@ class Pipeline:
             self._spawn("caption", self._caption_worker)
 
     def alive(self) -> bool:
-        return any(t.is_alive() for t in self._threads if t.name == "writer")
+        return self._worker_alive("writer")
+
+    def _worker_alive(self, name: str) -> bool:
+        return any(t.is_alive() for t in self._threads if t.name == name)
 
     def tick(self) -> None:
         """Periodic supervision from the caller's thread: watchdog, reader errors, stats."""
