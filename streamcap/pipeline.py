@@ -261,7 +261,8 @@ class Pipeline:
             state = self._source_state.setdefault(source, {})
             state["status"] = status
             state["since"] = iso_time(time.time())
-        level = logging.WARNING if status in ("lost", "stalled", "gave_up", "frame_error", "connect_failed", "truncated", "failed") else logging.INFO
+        warn = ("lost", "stalled", "gave_up", "frame_error", "connect_failed", "truncated", "failed")
+        level = logging.WARNING if status in warn else logging.INFO
         detail = " ".join(f"{k}={v}" for k, v in fields.items())
         log.log(level, "source %s: %s %s", source, status, detail)
         event = "frame_error" if status == "frame_error" else "source_status"
