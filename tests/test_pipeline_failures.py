@@ -31,10 +31,10 @@ def _stage_errors(records):
 
 
 def test_a_live_reader_that_raises_ends_the_run_with_its_error(tmp_path, monkeypatch):
-    def broken_open(cfg):
-        raise RuntimeError("decoder exploded")
+    def broken_reader(self):
+        raise RuntimeError("decoder exploded")  # a bug in the live reader's loop
 
-    monkeypatch.setattr(capture, "open_video_capture", broken_open)
+    monkeypatch.setattr(capture.SourceReader, "_run_live", broken_reader)
     log = tmp_path / "log.jsonl"
     with JsonlSink(log) as sink:
         summary = Pipeline([SourceConfig("rtsp://127.0.0.1:9/cam", name="cam")], SlowStage(0.0),
