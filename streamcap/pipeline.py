@@ -5,11 +5,18 @@ stage, runs the caption model when its schedule is due), one caption worker for 
 (so captions never stall segmentation), one writer (restores order by frame sequence, draws,
 writes the video and the log). The caller's thread supervises: watchdog, statistics, window,
 signals. Shutdown is one path for every cause: set the stop event, let each worker finish its
-current item, pass one end marker downstream, close the sinks in ``finally``.
+current item, pass one end marker downstream, close the sinks in ``finally``; whatever has not
+finished ``stop_grace_s`` after the stop request is abandoned (daemon threads), so a callback
+or encoder that never returns cannot hold the run.
+
+A worker that raises (reader, inference, caption, writer) goes through ``_worker_failed``, the
+one place that turns an exception into the run's error: a ``stage_error`` record naming the
+worker, the summary's and the ``end`` record's error, and the exit code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -29,7 +36,16 @@ from streamcap.types import Caption, Detections, Frame, FrameResult
 log = logging.getLogger(__name__)
 
 STAGE_ERROR_POLICIES = ("skip", "stop")
+UNTRAINED_NOTICE = "untrained segmenter"  # drawn on every frame when the stage has random weights
 _END = object()  # the inference worker's end marker for the writer
+# A frame whose pixels barely vary (black, blank, the dark end of a fade) shows no scene: the
+# caption model can only invent one, so it is not captioned (the schedule waits for content).
+BLANK_STD = 4.0
+
+
+def has_content(image: np.ndarray) -> bool:
+    """False for a near-uniform frame (standard deviation of a subsample under BLANK_STD grey levels)."""
+    return float(image[::8, ::8].std()) >= BLANK_STD
 
 
 @dataclass(frozen=True)
@@ -178,13 +194,24 @@ class Pipeline:
         self._reason: str | None = None
         self._fatal: StreamcapError | None = None
         self._lock = threading.Lock()
-        self._captions: dict[str, Caption] = {}
-        self._schedules = {r.cfg.name: schedule_factory() for r in self.readers} if schedule_factory else {}
-        self._smoothers = {r.cfg.name: smoother_factory() for r in self.readers} if smoother_factory else {}
+        self._captions: dict[str, Caption] = {}  # the latest caption per source
+        self._attached: dict[str, Caption | None] = {}  # the caption the last processed frame carried
+        # Still images are separate scenes: each is captioned, nothing is smoothed across them.
+        self._stills = {r.cfg.name for r in self.readers if r.cfg.kind == "images"}
+        video_sources = [r.cfg.name for r in self.readers if r.cfg.name not in self._stills]
+        self._schedules = {name: schedule_factory() for name in video_sources} if schedule_factory else {}
+        self._smoothers = {name: smoother_factory() for name in video_sources} if smoother_factory else {}
         self._caption_sync = all(r.cfg.drop == "block" for r in self.readers)
-        self._caption_box: queue.Queue = queue.Queue(maxsize=1)
+        self._caption_failures = 0  # consecutive captioner failures
+        self._caption_cv = threading.Condition()
+        self._caption_latest: dict[str, Frame] = {}  # live: the newest processed frame per source
         self._source_state: dict[str, dict[str, Any]] = {r.cfg.name: {"status": "starting"} for r in self.readers}
         self._threads: list[threading.Thread] = []
+        self._video_lock = threading.Lock()  # the writer's video.write and shutdown's close never overlap
+        self._video_closed = False
+        self._abandoned = threading.Event()  # set when shutdown stops waiting for the workers
+        self._scope = contextlib.ExitStack()
+        self.notice = UNTRAINED_NOTICE if getattr(self.stage, "random_weights", False) else None
         self._last_stats_log = self._last_snapshot = time.monotonic()
         self.last_stats: dict[str, Any] = {}
 
@@ -205,13 +232,37 @@ class Pipeline:
                 self._fatal = err
         self.request_stop("error")
 
+    def _worker_failed(self, worker: str, err: BaseException, source: str | None = None) -> None:
+        """The one place where a worker's exception becomes the run's error and exit code:
+        a ``stage_error`` record naming the worker, counted, and the run stopped with it."""
+        fatal = err if isinstance(err, StreamcapError) else StageError(
+            f"{worker} failed: {type(err).__name__}: {err}")
+        message = redact_url(str(fatal))
+        log.error("%s failed: %s", worker, message)
+        log.debug("%s failure", worker, exc_info=err)
+        self.stats.add_stage_errors(1)
+        self._log("stage_error", source=source, frame_index=None, stage=worker, message=message[:500])
+        self._fail(fatal)
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        def body() -> None:
+            try:
+                target()
+            except BaseException as err:  # never lost in a thread
+                self._worker_failed(name, err)
+
+        t = threading.Thread(target=body, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
     # -- events --------------------------------------------------------------------------------
     def _on_status(self, source: str, status: str, **fields: Any) -> None:
         if status != "frame_error":
             state = self._source_state.setdefault(source, {})
             state["status"] = status
             state["since"] = iso_time(time.time())
-        level = logging.WARNING if status in ("lost", "stalled", "gave_up", "frame_error", "connect_failed", "truncated") else logging.INFO
+        warn = ("lost", "stalled", "gave_up", "frame_error", "connect_failed", "truncated", "failed")
+        level = logging.WARNING if status in warn else logging.INFO
         detail = " ".join(f"{k}={v}" for k, v in fields.items())
         log.log(level, "source %s: %s %s", source, status, detail)
         event = "frame_error" if status == "frame_error" else "source_status"
@@ -283,62 +334,81 @@ class Pipeline:
                     continue
                 self.stats.add_processed(len(frames))
                 for frame, det in zip(frames, outputs):
-                    new_caption = self._maybe_caption(frame)
-                    result = FrameResult(frame, det, self._captions.get(frame.source), new_caption)
+                    self._caption_frame(frame)
+                    caption, new_caption = self._attach_caption(frame.source)
+                    result = FrameResult(frame, det, caption, new_caption)
                     item = (frame.source, seq[frame.source], result)
                     seq[frame.source] += 1
                     if not self._put_result(item):
                         return
-        except StreamcapError as err:
-            self._fail(err)
-        except Exception as err:
-            self._fail(StageError(f"inference worker failed: {type(err).__name__}: {err}"))
         finally:
             self._put_result(_END, force=True)
 
     def _put_result(self, item: Any, force: bool = False) -> bool:
+        """Queue for the writer; after a stop request one more try (the writer ends by itself)."""
         while True:
             try:
                 self.results.put(item, timeout=0.1)
                 return True
             except queue.Full:
-                if self._stop.is_set() and not force:
-                    return False
-                if force and self._stop.is_set() and not any(t.is_alive() for t in self._threads if t.name == "writer"):
+                if self._stop.is_set() or (force and not self.alive()):
                     return False
 
+    def _past_grace(self) -> bool:
+        return self._stop_at is not None and time.monotonic() - self._stop_at > self.config.stop_grace_s
+
     # -- captions ------------------------------------------------------------------------------
-    def _maybe_caption(self, frame: Frame) -> bool:
+    def _caption_frame(self, frame: Frame) -> None:
+        """Files: caption here when due (deterministic). Live: offer the frame to the caption
+        worker, which takes the newest one when it is free."""
         if self.captioner is None:
+            return
+        if self._caption_sync:
+            if self._caption_due(frame):
+                self._run_caption(frame)
+            return
+        with self._caption_cv:
+            self._caption_latest[frame.source] = frame
+            self._caption_cv.notify()
+
+    def _caption_due(self, frame: Frame) -> bool:
+        """Called only for frames that will be captioned at once, so the schedule counts those."""
+        if frame.source in self._stills:
+            return True  # each image is its own scene
+        if not has_content(frame.image):
             return False
         schedule = self._schedules.get(frame.source)
-        if schedule is not None and not schedule.due(frame.index, frame.pts_s):
-            return False
-        if self._caption_sync:
-            self._run_caption(frame)
-            return True
-        try:  # the newest frame wins the caption worker's single slot
-            self._caption_box.get_nowait()
-        except queue.Empty:
-            pass
-        try:
-            self._caption_box.put_nowait(frame)
-        except queue.Full:
-            pass
-        return False
+        return schedule is None or schedule.due(frame.index, frame.pts_s)
+
+    def _attach_caption(self, source: str) -> tuple[Caption | None, bool]:
+        """The caption a processed frame carries, and whether the shown text changed with it
+        (true on the first frame that carries a changed caption, on either path)."""
+        caption = self._captions.get(source)
+        new = caption is not None and caption is not self._attached.get(source) and caption.changed
+        self._attached[source] = caption
+        return caption, new
 
     def _run_caption(self, frame: Frame) -> None:
         try:
             raw, score = self.captioner(frame)
-        except Exception as err:
+        except Exception as err:  # the documented stage policy, as for the inference stage
+            self._caption_failures += 1
             self.stats.add_stage_errors(1)
+            message = redact_url(f"{type(err).__name__}: {err}")
+            log.warning("captioner failed on frame %d of %s: %s", frame.index, frame.source, message)
             self._log("stage_error", source=frame.source, frame_index=frame.index, stage="caption",
-                      message=f"{type(err).__name__}: {err}"[:500])
+                      message=message[:500])
+            if (self.config.on_stage_error == "stop"
+                    or self._caption_failures >= self.config.max_consecutive_errors):
+                self._fail(StageError(f"captioner failed: {message}"))
             return
+        self._caption_failures = 0
         smoother = self._smoothers.get(frame.source)
-        shown, changed = (raw, True) if smoother is None else smoother.update(raw, score, frame.pts_s)
         prev = self._captions.get(frame.source)
-        changed = prev is None or shown != prev.text if smoother is None else changed
+        if smoother is None:
+            shown, changed = raw, prev is None or raw != prev.text
+        else:
+            shown, changed = smoother.update(raw, score, frame.pts_s)
         caption = Caption(shown, raw, float(score), frame.index, changed)
         self._captions[frame.source] = caption
         self.stats.add_caption()
@@ -346,13 +416,25 @@ class Pipeline:
                   frame_time=iso_time(frame.wall_ts), raw=raw, shown=shown, score=round(float(score), 4),
                   changed=changed)
 
+    def _next_caption_frame(self, turn: int) -> tuple[Frame | None, int]:
+        """The newest processed frame of the next source (round-robin) whose caption is due."""
+        names = [r.cfg.name for r in self.readers]
+        with self._caption_cv:
+            if not self._caption_latest:
+                self._caption_cv.wait(0.1)
+            for k in range(len(names)):
+                name = names[(turn + k) % len(names)]
+                frame = self._caption_latest.pop(name, None)
+                if frame is not None and self._caption_due(frame):
+                    return frame, (turn + k + 1) % len(names)
+        return None, turn
+
     def _caption_worker(self) -> None:
+        turn = 0
         while not self._stop.is_set():
-            try:
-                frame = self._caption_box.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self._run_caption(frame)
+            frame, turn = self._next_caption_frame(turn)
+            if frame is not None:
+                self._run_caption(frame)
 
     # -- writer --------------------------------------------------------------------------------
     def _writer(self) -> None:
@@ -363,11 +445,13 @@ class Pipeline:
                 try:
                     item = self.results.get(timeout=0.1)
                 except queue.Empty:
-                    if self._stop.is_set() and self._stop_at is not None \
-                            and time.monotonic() - self._stop_at > self.config.stop_grace_s:
+                    # Stopping: nothing more is coming once inference has ended (its end
+                    # marker may not have fit), or once the grace is over.
+                    if self._stop.is_set() and (self._past_grace() or (
+                            not self._worker_alive("inference") and self.results.empty())):
                         break
                     continue
-                if item is _END:
+                if item is _END or self._abandoned.is_set():
                     break
                 source, seq, result = item
                 pending[(source, seq)] = result
@@ -376,31 +460,30 @@ class Pipeline:
                     self._write_one(pending.pop((source, expected[source])))
                     expected[source] += 1
             for key in sorted(pending):
+                if self._abandoned.is_set():
+                    break
                 self._write_one(pending.pop(key))
-        except StreamcapError as err:
-            self._fail(err)
-        except Exception as err:
-            self._fail(StageError(f"writer failed: {type(err).__name__}: {err}"))
+        finally:
+            self._close_video()
 
     def _write_one(self, result: FrameResult) -> None:
+        """Draw, write the video, count and log the frame, then the callbacks (so a callback
+        that never returns leaves every frame in the video counted and logged)."""
+        if self._abandoned.is_set():  # shutdown gave up on this thread: no more output or callbacks
+            return
         frame = result.frame
         needs_image = self.video is not None or self.display or self.on_frame is not None
-        if needs_image:
-            image = frame.image
-            if self.renderer is not None:
-                image = self.renderer.annotate(frame.image, result, self.last_stats if self.hud else None)
-            if self.video is not None:
+        image = frame.image
+        if needs_image and self.renderer is not None:
+            image = self.renderer.annotate(frame.image, result, self.last_stats if self.hud else None,
+                                           notice=self.notice)
+        if self.video is not None:
+            with self._video_lock:
+                if self._video_closed:  # closed by shutdown after the stop grace: nothing more goes in
+                    return
                 self.video.write(image, frame.pts_s)
-            if self.display:
-                try:
-                    self.display_slot.get_nowait()
-                except queue.Empty:
-                    pass
-                self.display_slot.put_nowait(image)
-            if self.on_frame is not None:
-                self.on_frame(result, image)
-        if self.on_result is not None:
-            self.on_result(result)
+            if self._abandoned.is_set():  # an encoder that returned after the grace: the run is over
+                return
         latency_ms = (time.monotonic() - frame.mono_ts) * 1000.0
         self.stats.add_written(latency_ms)
         every = self.config.log_every
@@ -412,31 +495,48 @@ class Pipeline:
             self._log("frame", source=frame.source, frame_index=frame.index, pts_s=round(frame.pts_s, 3),
                       frame_time=iso_time(frame.wall_ts), latency_ms=round(latency_ms, 1),
                       detections=summary, caption=result.caption.text if result.caption else None)
+        if self.display:
+            try:
+                self.display_slot.get_nowait()
+            except queue.Empty:
+                pass
+            self.display_slot.put_nowait(image)
+        if self.on_frame is not None:
+            self.on_frame(result, image)
+        if self.on_result is not None:
+            self.on_result(result)
 
     # -- supervision ---------------------------------------------------------------------------
     def start(self) -> None:
+        # Stage-wide settings (torch's thread count) are set once, here, before any worker
+        # starts, and restored in shutdown: never changed while another worker runs.
+        scope = getattr(self.stage, "run_scope", None)
+        if scope is not None:
+            self._scope.enter_context(scope())
+        self.last_stats = self.stats.snapshot()  # the HUD has figures from the first frame on
+        self._last_snapshot = time.monotonic()
         for r in self.readers:
             r.start()
-        workers = [("inference", self._inference_worker), ("writer", self._writer)]
+        self._spawn("inference", self._inference_worker)
+        self._spawn("writer", self._writer)
         if self.captioner is not None and not self._caption_sync:
-            workers.append(("caption", self._caption_worker))
-        for name, target in workers:
-            t = threading.Thread(target=target, name=name, daemon=True)
-            self._threads.append(t)
-            t.start()
+            self._spawn("caption", self._caption_worker)
 
     def alive(self) -> bool:
-        return any(t.is_alive() for t in self._threads if t.name == "writer")
+        return self._worker_alive("writer")
+
+    def _worker_alive(self, name: str) -> bool:
+        return any(t.is_alive() for t in self._threads if t.name == name)
 
     def tick(self) -> None:
         """Periodic supervision from the caller's thread: watchdog, reader errors, stats."""
         for r in self.readers:
             r.check_watchdog()
-            if r.error is not None and not r.cfg.live:
-                err = r.error
-                r.error = None
-                self._fail(err if isinstance(err, StreamcapError)
-                           else StageError(f"reader {r.cfg.name} failed: {type(err).__name__}: {err}"))
+            if r.error is not None:
+                err, r.error = r.error, None
+                message = redact_url(f"{type(err).__name__}: {err}")
+                self._on_status(r.cfg.name, "failed", message=message[:500])
+                self._worker_failed(f"reader {r.cfg.name}", err, source=r.cfg.name)
         now = time.monotonic()
         if now - self._last_snapshot >= 1.0:  # rates over about one second, for HUD and --stats
             self._last_snapshot = now
@@ -446,13 +546,16 @@ class Pipeline:
             self._log("stats", **self.last_stats)
 
     def run(self, *, on_tick: Callable[["Pipeline"], None] | None = None, tick_s: float = 0.1) -> RunSummary:
-        """Run to the end of input or a stop request; always closes the sinks."""
+        """Run to the end of input or a stop request; always closes the sinks.
+
+        After a stop request the run ends within ``stop_grace_s`` (plus a second for readers
+        blocked in a network call) whatever a worker or callback is doing."""
         t0 = time.monotonic()
         self._log("start", sources=[r.cfg.name for r in self.readers], stage=self.stage.name,
                   captioner=getattr(self.captioner, "name", None))
         try:
             self.start()
-            while self.alive():
+            while self.alive() and not self._past_grace():
                 self.tick()
                 if on_tick is not None:
                     on_tick(self)
@@ -466,15 +569,27 @@ class Pipeline:
         return self.summary
 
     def shutdown(self) -> None:
-        """Stop readers, let workers drain, join everything, finalize the video."""
+        """Stop readers, let workers drain until the stop grace ends, finalize the video."""
         if not self._stop.is_set() and self._reason is None:
             self._reason = "eos"
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop.set()
+        with self._caption_cv:
+            self._caption_cv.notify_all()
         try:
             for r in self.readers:
                 r.stop()
+            deadline = self._stop_at + self.config.stop_grace_s
             for t in self._threads:
-                t.join(timeout=self.config.stop_grace_s + 2.0)
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+            stuck = [t.name for t in self._threads if t.is_alive()]
+            if stuck:
+                self._abandoned.set()
+                message = (f"{', '.join(stuck)} did not finish within the {self.config.stop_grace_s} s stop "
+                           f"grace (blocked in a model, a callback or the encoder); abandoned")
+                log.warning(message)
+                self._log("stage_error", source=None, frame_index=None, stage=",".join(stuck), message=message)
             # Readers blocked in a network open/read cannot be interrupted: give them one
             # shared second (not one each, so that many dead cameras never delay the exit).
             deadline = time.monotonic() + 1.0
@@ -482,11 +597,28 @@ class Pipeline:
                 if r.is_alive():
                     r.join(timeout=max(0.0, deadline - time.monotonic()))
         finally:
-            if self.video is not None:
-                try:
-                    self.video.close()
-                except StreamcapError as err:
-                    self._fail(err)
+            self._close_video(wait_s=0.5)
+            self._scope.close()
+
+    def _close_video(self, wait_s: float | None = None) -> None:
+        """Finalize the video once, never while the writer is inside ``video.write``. The writer
+        closes it when it ends; shutdown closes it for a writer that was abandoned."""
+        if self.video is None:
+            return
+        if not self._video_lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            self._fail(StageError("the video encoder did not return within the stop grace; "
+                                  f"{self.video.path} was left unfinalized"))
+            return
+        try:
+            if self._video_closed:
+                return
+            self._video_closed = True
+            try:
+                self.video.close()
+            except StreamcapError as err:
+                self._fail(err)
+        finally:
+            self._video_lock.release()
 
     def _finish_summary(self, elapsed: float) -> None:
         s = self.summary

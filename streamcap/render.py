@@ -11,7 +11,8 @@ id, so a class keeps its colour across frames and runs.
 
 The caption banner is a band at the bottom of the image, inside it (the output has the input's
 size, as video writers need), drawn whenever ``banner=True`` even before the first caption,
-so the layout does not jump; label tags are kept above it.
+so the layout does not jump; label tags are kept above it. A ``notice`` (e.g. "untrained
+segmenter" when the segmenter has random weights) is a small tag in the top-right corner.
 """
 
 from __future__ import annotations
@@ -129,9 +130,13 @@ class Renderer:
 
     # -- entry point --------------------------------------------------------------------------
     def annotate(
-        self, image_bgr: np.ndarray, result: FrameResult, stats: Mapping[str, Any] | None = None
+        self, image_bgr: np.ndarray, result: FrameResult, stats: Mapping[str, Any] | None = None,
+        notice: str | None = None,
     ) -> np.ndarray:
-        """A new BGR image with the result drawn on it; ``image_bgr`` is left untouched."""
+        """A new BGR image with the result drawn on it; ``image_bgr`` is left untouched.
+
+        ``notice``: a short warning tagged top-right on the frame (what a viewer of the video
+        must know, such as an untrained model)."""
         out = np.ascontiguousarray(image_bgr).copy()
         det = result.detections
         if det is not None and len(det):
@@ -146,6 +151,8 @@ class Renderer:
             self.draw_banner(out, result.caption.text if result.caption is not None else "")
         if self.hud and stats:
             self.draw_hud(out, stats)
+        if notice:
+            self.draw_notice(out, notice)
         return out
 
     def _to_image_coords(self, det: Detections, frame: Frame | None, hw: tuple[int, int]) -> Detections:
@@ -247,6 +254,16 @@ class Renderer:
         _darken(img[:panel_h, :panel_w], 0.55)
         for k, s in enumerate(lines):
             cv2.putText(img, s, (5, 3 + (k + 1) * line_h - 4), FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+
+
+    def draw_notice(self, img: np.ndarray, text: str) -> None:
+        """A small black-on-amber tag in the top-right corner."""
+        scale = self.font_scale * 0.9
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, 1)
+        h, w = img.shape[:2]
+        x1, y2 = max(0, w - tw - 8), min(h, th + base + 6)
+        cv2.rectangle(img, (x1, 0), (w - 1, y2 - 1), (0, 191, 255), -1)
+        cv2.putText(img, text, (x1 + 4, y2 - base - 3), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
 
 
 def draw_detections(image: np.ndarray, detections: Detections | None, **style: Any) -> np.ndarray:

@@ -234,8 +234,12 @@ def _load_state(net: torch.nn.Module, state: Any, where: str) -> None:
 
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
-    """Use n intra-op CPU threads inside the block, and restore the previous count after."""
-    if n is None:
+    """Use n intra-op CPU threads inside the block, and restore the previous count after.
+
+    torch's count is process-wide: inside a pipeline run it is set once before the workers
+    start (``Segmenter.run_scope``), so here it already matches and nothing is changed while
+    another worker (the caption model) runs."""
+    if n is None or torch.get_num_threads() == n:
         yield
         return
     prev = torch.get_num_threads()
@@ -352,6 +356,11 @@ class Segmenter:
         )
 
     # -- public entry points -------------------------------------------------------------
+    def run_scope(self) -> contextlib.AbstractContextManager:
+        """Held by the pipeline for a whole run, entered before its workers start: applies
+        ``config.threads`` once (for every worker of the run) and restores it at the end."""
+        return _torch_threads(self.config.threads)
+
     def __call__(self, frames: Sequence[Frame]) -> list[Detections]:
         return self.segment_images([f.image for f in frames])
 

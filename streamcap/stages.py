@@ -3,6 +3,12 @@
 An inference stage takes a batch of frames and returns one result per frame, in order.
 A caption stage takes one frame and returns what the model said. Both are called from a
 single worker thread; neither needs to be thread-safe.
+
+Optional attributes an inference stage may have, read with ``getattr``:
+``random_weights`` (True: the pipeline marks every frame "untrained segmenter") and
+``run_scope()`` (a context manager the pipeline holds for the whole run, entered before any
+worker starts: the place for process-wide settings such as torch's thread count, which must
+not change while another worker runs).
 """
 
 from __future__ import annotations

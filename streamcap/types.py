@@ -118,5 +118,5 @@ class FrameResult:
     frame: Frame
     detections: Detections | None = None
     caption: Caption | None = None  # the caption shown on this frame (the latest one)
-    new_caption: bool = False  # a caption was computed on this very frame
+    new_caption: bool = False  # the shown caption changed: the first frame that carries the new text
     extras: dict[str, Any] = field(default_factory=dict)

@@ -99,3 +99,28 @@ def test_hard_cut_passes_at_once_when_much_surer_than_the_shown_scene():
     assert s.update("a dog jumps over a fence", -2.4, 10.0) == (STREET[0], False)  # outlier, unsure
     assert s.update("two dogs run in a field", -1.7, 12.0) == ("two dogs run in a field", True)
     assert s.update("a man walks down a street", -2.0, 14.0)[1] is False  # not surer than -1.7 + 0.5
+
+
+# A first caption from a black frame, then one scene the model words differently every run: no
+# two runs in a row are similar enough to confirm a candidate, but they all share content words.
+BLACK_FRAME = "a man in a blue shirt is sitting on a wall"
+DOGS = ["a dog runs through the grass", "a brown dog runs in a field", "a dog running on the green grass",
+        "two dogs run in a grassy field", "a brown dog runs on grass", "a dog is running through a field"]
+
+
+def test_consistent_stream_of_rewordings_replaces_a_first_caption_from_a_black_frame():
+    s = CaptionSmoother()  # defaults, as the pipeline uses them
+    assert all(similarity(a, b) < s.same_threshold for a, b in zip(DOGS, DOGS[1:]))
+    out = run(s, [(BLACK_FRAME, -2.5)] + [(text, -2.6) for text in DOGS * 3])
+    assert out[0] == (BLACK_FRAME, True)
+    changed_at = [i for i, (_, changed) in enumerate(out) if changed]
+    assert changed_at[1] <= s.consensus_runs  # within consensus_runs runs of the new stream
+    assert out[-1][0] in DOGS and s.shown in DOGS
+    assert s.changes <= 3  # the stream is one scene: it does not flicker between its wordings
+
+
+def test_consensus_needs_agreement_so_unrelated_noise_never_replaces_the_shown_caption():
+    s = CaptionSmoother()
+    noise = ["a dog runs on grass", "a boy in a red shirt", "a car parked outside", "a plate of food"]
+    out = run(s, [(BLACK_FRAME, -2.5)] + [(text, -2.6) for text in noise * 3])
+    assert {shown for shown, _ in out} == {BLACK_FRAME}

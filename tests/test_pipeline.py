@@ -129,3 +129,105 @@ def test_monitor_style_sources_are_tagged_and_independent(tmp_path):
     assert seen == ["cam-a"] * 10
     assert summary.exit_code == EXIT_OK
     assert summary.sources["cam-b"]["gave_up"] and summary.sources["cam-a"]["frames"] == 10
+
+
+class ImageCaptioner:
+    """Says what it sees: the grey level of the image (so each image has its own caption)."""
+
+    name = "image-captioner"
+
+    def __call__(self, frame):
+        return (f"a photo of grey level {frame_level(frame.image)}", -1.0)
+
+
+def test_each_image_of_a_folder_gets_its_own_caption_whatever_the_schedule(tmp_path):
+    import cv2
+
+    from streamcap.runner import run
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    levels = [40, 120, 200, 80]
+    for i, level in enumerate(levels):
+        img = np.full((60, 80, 3), level, np.uint8)
+        img[5:15, 5:15] = (0, 0, 255)
+        cv2.imwrite(str(folder / f"{i}.png"), img)
+    for caption in ({"every": 1}, {"every": 3}, {"interval": 2.0}):  # smoothing on (the default)
+        results = []
+        summary = run(str(folder), segment=False, caption=caption, captioner=ImageCaptioner(),
+                      on_result=results.append)
+        assert summary.exit_code == 0
+        assert [r.caption.text for r in results] == [f"a photo of grey level {v}" for v in levels]
+        assert all(r.new_caption for r in results)
+
+
+def test_a_blank_first_frame_is_not_captioned_and_new_caption_marks_only_changes(tmp_path):
+    import cv2
+
+    path = tmp_path / "v.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (160, 120))
+    for i in range(12):
+        img = np.zeros((120, 160, 3), np.uint8)  # frames 0-2: black (a fade-in)
+        if i >= 3:
+            img[:] = 100
+            img[20:60, 20:60] = (0, 0, 255)
+        writer.write(img)
+    writer.release()
+
+    class SameCaption:
+        name = "same"
+
+        def __init__(self):
+            self.calls = []
+
+        def __call__(self, frame):
+            self.calls.append(frame.index)
+            return ("a red square on grey", -1.0)
+
+    cap = SameCaption()
+    results = []
+    Pipeline([SourceConfig(str(path))], SlowStage(0.0), captioner=cap, schedule_factory=lambda: EveryN(1),
+             on_result=results.append).run()
+    assert cap.calls == list(range(3, 12))  # nothing invented for the black frames
+    assert [r.caption for r in results[:3]] == [None] * 3
+    # The text never changes: new_caption only on the frame where it first appears.
+    assert [r.frame.index for r in results if r.new_caption] == [3]
+
+
+def _drawn_pipeline(tmp_path, stage, hud, n=4):
+    from streamcap.render import Renderer
+
+    path = write_video(tmp_path / "v.avi", n=n)
+    images, results = [], []
+    p = Pipeline([SourceConfig(str(path))], stage, renderer=Renderer(hud=hud, banner=False), hud=hud,
+                 on_frame=lambda r, img: (results.append(r), images.append(img)))
+    assert p.run().exit_code == 0
+    return p, results, images
+
+
+def test_hud_is_drawn_from_the_first_frame_of_a_short_file(tmp_path):
+    from streamcap.render import Renderer
+
+    _, results, images = _drawn_pipeline(tmp_path, SlowStage(0.0), hud=True)
+    plain = Renderer(hud=False, banner=False)
+    assert len(images) == 4
+    for r, img in zip(results, images):  # the whole run takes well under the 1 s stats period
+        assert (img[:40, :60] != plain.annotate(r.frame.image, r)[:40, :60]).any()
+
+
+def test_random_weights_are_marked_on_every_frame(tmp_path):
+    from streamcap.pipeline import UNTRAINED_NOTICE
+    from streamcap.render import Renderer
+
+    class Untrained(SlowStage):
+        random_weights = True
+
+    plain = Renderer(hud=False, banner=False)
+    p, results, images = _drawn_pipeline(tmp_path, Untrained(0.0), hud=False)
+    assert p.notice == UNTRAINED_NOTICE == "untrained segmenter"
+    for r, img in zip(results, images):
+        tagged = plain.annotate(r.frame.image, r, notice=UNTRAINED_NOTICE)
+        assert (img[:20, -40:] == tagged[:20, -40:]).all() and (img[:20, -40:] != r.frame.image[:20, -40:]).any()
+    p, results, images = _drawn_pipeline(tmp_path, SlowStage(0.0), hud=False)
+    assert p.notice is None
+    assert all((img[:20, -40:] == r.frame.image[:20, -40:]).all() for r, img in zip(results, images))

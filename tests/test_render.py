@@ -112,3 +112,14 @@ def test_draw_detections_api():
     assert (draw_detections(image, None) == image).all()
     with pytest.raises(ValueError):
         Renderer(alpha=2.0)
+
+
+def test_notice_tags_the_top_right_corner_only():
+    image = np.full((H, W, 3), 128, np.uint8)
+    r = Renderer(banner=False, hud=False)
+    plain = r.annotate(image, _result(image))
+    tagged = r.annotate(image, _result(image), notice="untrained segmenter")
+    changed = np.argwhere((tagged != plain).any(axis=2))
+    assert len(changed) and changed[:, 0].max() < 30 and changed[:, 1].max() == W - 1  # a top-right band
+    assert tuple(tagged[2, W - 2]) == (0, 191, 255)  # the amber tag
+    assert (plain == image).all()

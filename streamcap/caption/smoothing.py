@@ -3,12 +3,14 @@
 The model re-words the same scene from frame to frame ("a man walks down the street" /
 "a man is walking on a street"); showing every raw caption flickers. ``CaptionSmoother``
 changes the shown text only when a different caption is confirmed over ``confirm_runs``
-consecutive runs, or at once when it differs strongly and the model is confident.
+consecutive runs, when the recent captions agree with each other and not with the shown one
+(consensus), or at once when it differs strongly and the model is confident.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 
 # Words that carry no scene content: rewordings differ mostly in these.
 STOP_WORDS = frozenset(
@@ -39,6 +41,15 @@ class CaptionSmoother:
     - A raw caption similar to the shown one (similarity >= ``same_threshold``) keeps it.
     - A different caption becomes a candidate; similar candidates in a row count up, and at
       ``confirm_runs`` the best-scored wording among them is shown.
+    - Consensus: when the last ``consensus_runs`` raw captions (default ``confirm_runs + 1``)
+      all differ from the shown one, the caption that agrees most with the others (highest
+      mean similarity, the medoid) is shown if it shares content words with every one of
+      them, its mean similarity is at least ``consensus_threshold``, and the shown caption
+      agrees with them less than half as much.
+      The model re-words a scene more freely than ``same_threshold`` allows, so a consistent
+      stream of different wordings (after a first caption from a black or faded frame) would
+      otherwise never replace what is shown; unrelated noise has no consensus and changes
+      nothing.
     - A caption very different from the shown one (similarity <= ``hard_threshold``) is
       shown at once (hard cuts) when the model is clearly more sure of it than of the current
       scene: score >= (running score of the shown scene) + ``confident_margin``, or score >=
@@ -48,15 +59,20 @@ class CaptionSmoother:
 
     def __init__(self, confirm_runs: int = 2, same_threshold: float = 0.5,
                  hard_threshold: float = 0.1, confident_margin: float | None = 0.5,
-                 confident_score: float | None = None, min_hold_s: float = 0.0) -> None:
+                 confident_score: float | None = None, min_hold_s: float = 0.0,
+                 consensus_runs: int | None = None, consensus_threshold: float = 0.25) -> None:
         if confirm_runs < 1:
             raise ValueError("confirm_runs must be at least 1")
+        if consensus_runs is not None and consensus_runs < 2:
+            raise ValueError("consensus_runs must be at least 2")
         self.confirm_runs = confirm_runs
         self.same_threshold = same_threshold
         self.hard_threshold = hard_threshold
         self.confident_margin = confident_margin
         self.confident_score = confident_score
         self.min_hold_s = min_hold_s
+        self.consensus_runs = consensus_runs or confirm_runs + 1
+        self.consensus_threshold = consensus_threshold
         self.reset()
 
     def reset(self) -> None:
@@ -66,6 +82,7 @@ class CaptionSmoother:
         self._cand: str | None = None
         self._cand_best: tuple[float, str] = (float("-inf"), "")
         self._cand_count = 0
+        self._unsupported: deque[tuple[str, float]] = deque(maxlen=self.consensus_runs)
         self.changes = 0
 
     @property
@@ -76,8 +93,31 @@ class CaptionSmoother:
     def _show(self, text: str, score: float, t_s: float) -> tuple[str, bool]:
         self.shown, self.shown_since, self.shown_score = text, t_s, score
         self._cand, self._cand_count, self._cand_best = None, 0, (float("-inf"), "")
+        self._unsupported.clear()
         self.changes += 1
         return text, True
+
+    def _consensus(self) -> tuple[str, float] | None:
+        """The medoid of the recent unsupported captions when they agree and the shown one
+        does not agree with them; else None."""
+        recent = list(self._unsupported)
+        if len(recent) < self.consensus_runs:
+            return None
+
+        def sims(text: str, skip: int | None = None) -> list[float]:
+            return [similarity(text, r[0]) for k, r in enumerate(recent) if k != skip]
+
+        def agreement(text: str, skip: int | None = None) -> float:
+            values = sims(text, skip)
+            return sum(values) / len(values)
+
+        best = max(range(len(recent)), key=lambda k: (agreement(recent[k][0], k), recent[k][1]))
+        text, score = recent[best]
+        level = agreement(text, best)
+        if (level < self.consensus_threshold or min(sims(text, best)) <= 0.0
+                or agreement(self.shown or "") > level / 2):
+            return None
+        return text, score
 
     def update(self, raw_text: str, score: float, t_s: float) -> tuple[str, bool]:
         raw_text = raw_text.strip()
@@ -92,7 +132,9 @@ class CaptionSmoother:
             self.shown_score = 0.7 * self.shown_score + 0.3 * score
             self._cand, self._cand_count = None, 0
             self._cand_best = (float("-inf"), "")
+            self._unsupported.clear()
             return self.shown, False
+        self._unsupported.append((raw_text, score))
         if self._cand is not None and similarity(raw_text, self._cand) >= self.same_threshold:
             self._cand_count += 1
         else:
@@ -105,6 +147,9 @@ class CaptionSmoother:
         hard = sure and sim_shown <= self.hard_threshold and t_s - self.shown_since >= self.min_hold_s
         if self._cand_count >= self.confirm_runs or hard:
             return self._show(self._cand_best[1], self._cand_best[0], t_s)
+        consensus = self._consensus()
+        if consensus is not None:
+            return self._show(consensus[0], consensus[1], t_s)
         return self.shown, False
 
 
