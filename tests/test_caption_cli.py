@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import MEDIA
 from typer.testing import CliRunner
 
 from streamcap.caption.api import Captioner
@@ -21,13 +22,30 @@ from streamcap.cli import app
 from streamcap.stages import CaptionStage
 from streamcap.types import Frame
 
-MEDIA = Path("/work/shared/media")
 TARGETS = {"dog.jpg": "a dog sits next to a bicycle", "horses.jpg": "horses graze in a green field"}
 runner = CliRunner()
 
 
+MAX_STEPS = 1000  # a cap, not a target: training stops as soon as the captions come back
+
+
+def _decodes(dec: CaptionDecoder, feats: torch.Tensor, vocab: Vocab) -> list[list[str]]:
+    """Greedy and beam 2/3 captions of every image (what the tests below ask of the model)."""
+    from streamcap.caption.decode import beam_search, greedy
+
+    dec.eval()
+    out = [[" ".join(vocab.decode_tokens(ids)) for ids, _ in greedy(dec, feats)]]
+    for k in (2, 3):
+        out.append([" ".join(vocab.decode_tokens(h[0][0])) for h in beam_search(dec, feats, beam=k)])
+    dec.train()
+    return out
+
+
 @pytest.fixture(scope="module")
 def trained_ckpt(tmp_path_factory) -> Path:
+    """Overfit two photos until greedy and beam decoding give back both target captions on two
+    checks in a row (a behavioural stop, whatever CPU's arithmetic gets there), at most
+    MAX_STEPS steps."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     encoder = build_encoder("efficientnet_lite0")
@@ -44,15 +62,21 @@ def trained_ckpt(tmp_path_factory) -> Path:
     dec = CaptionDecoder(cfg)
     opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
     feats = feats.clone()
-    for _ in range(150):
-        logits, alphas = dec(feats, caps)
-        loss = caption_loss(logits, caps, alphas, alpha_c=0.1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert caption_loss(logits, caps).item() < 0.1  # cross-entropy alone
+    want = [list(TARGETS.values())] * 3
+    step, hits, got = 0, 0, None
+    while step < MAX_STEPS and hits < 2:
+        for _ in range(10):
+            logits, alphas = dec(feats, caps)
+            loss = caption_loss(logits, caps, alphas, alpha_c=0.1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        got = _decodes(dec, feats, vocab)
+        hits = hits + 1 if got == want else 0
+    assert hits == 2, f"after {step} steps the decoded captions are {got}, not {want[0]}"
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", dec.eval(), vocab,
-                           "efficientnet_lite0", train_info={"steps": 150})
+                           "efficientnet_lite0", train_info={"steps": step})
 
 
 def test_captioner_reproduces_the_overfit_captions(trained_ckpt):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MEDIA
 
 from streamcap.caption.checkpoint import load_checkpoint, save_checkpoint
 from streamcap.caption.decode import beam_search, greedy
@@ -62,7 +63,7 @@ def test_real_lite0_weights_load_offline_and_separate_images():
     from PIL import Image
 
     enc = build_encoder("efficientnet_lite0", pretrained=True)
-    images = [Image.open(f"/work/shared/media/{n}.jpg") for n in ("dog", "horses")]
+    images = [Image.open(MEDIA / f"{n}.jpg") for n in ("dog", "horses")]
     batch = preprocess(images + [np.asarray(images[0].convert("RGB"))])
     assert batch.shape == (3, 3, 224, 224) and 0.0 <= batch.min() and batch.max() <= 1.0
     with torch.inference_mode():
