@@ -41,9 +41,9 @@ def _positive(value):
     return value
 
 
-Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the annotated video here (MP4).")]
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the annotated video here: .mp4/.mov/.m4v/.mkv (H.264) or .avi (MPEG-4 Part 2).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
-Codec = Annotated[str, typer.Option("--codec", help="auto (H.264 via PyAV, else mp4v) | h264 | mp4v.")]
+Codec = Annotated[str, typer.Option("--codec", help="auto (H.264 via PyAV, else mp4v; mp4v in .avi) | h264 | mp4v.")]
 LogFile = Annotated[Optional[Path], typer.Option("--log", help="Append JSONL records here (schema in README).")]
 LogEvery = Annotated[int, typer.Option("--log-every", min=0, help="A frame record every N processed frames (0: none).")]
 LogMasks = Annotated[bool, typer.Option("--log-masks", help="Add COCO RLE masks to frame records.")]

@@ -20,7 +20,7 @@ from rich.table import Table
 from streamcap.capture import SourceConfig, probe_file, redact_url
 from streamcap.errors import BadInputError
 from streamcap.pipeline import Pipeline, PipelineConfig, RunSummary
-from streamcap.sinks import JsonlSink, VideoFileSink, check_output_path
+from streamcap.sinks import JsonlSink, VideoFileSink, check_output_path, check_video_output
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def validate(job: Job) -> dict[str, Any]:
             infos[src.uri] = probe_file(src.resolved())
     inputs = [s.uri for s in job.sources if not s.live]
     if job.out is not None:
+        check_video_output(job.out, job.codec)
         check_output_path(job.out, inputs, overwrite=job.overwrite)
     if job.log is not None:
         check_output_path(job.log, inputs, append=True)
