@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import MEDIA
+from conftest import MEDIA, SAMPLE_CLIP, run_cli
 from typer.testing import CliRunner
 
 from streamcap.caption.api import Captioner
@@ -137,7 +137,9 @@ def test_caption_cli_bad_inputs_exit_2_with_one_line(trained_ckpt, tmp_path):
     cases = [
         (["caption", str(tmp_path / "missing.jpg"), "--model", str(trained_ckpt)], "does not exist"),
         (["caption", str(junk), "--model", str(trained_ckpt)], "cannot read image"),
-        (["caption", str(MEDIA / "dog.jpg"), "--model", str(bad_ckpt)], "corrupt"),
+        (["caption", str(MEDIA / "dog.jpg"), "--model", str(bad_ckpt)], "not a PyTorch checkpoint: it is a text file"),
+        (["caption", str(MEDIA / "dog.jpg"), "--model", str(SAMPLE_CLIP)],
+         "not a PyTorch checkpoint: it is an MP4/MOV video"),
         (["caption", str(MEDIA / "dog.jpg"), "--model", str(trained_ckpt), "--device", "tpu"], "--device"),
         (["caption", str(tmp_path / "*.png"), "--model", str(trained_ckpt)], "no images match"),
     ]
@@ -145,6 +147,13 @@ def test_caption_cli_bad_inputs_exit_2_with_one_line(trained_ckpt, tmp_path):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, (args, res.output)
         assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_video_given_as_caption_model_is_one_line_exit_2():
+    res = run_cli("file", str(SAMPLE_CLIP), "--no-segment", "--caption-model", str(SAMPLE_CLIP))
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "is not a PyTorch checkpoint: it is an MP4/MOV video" in lines[0]
 
 
 def test_missing_bundled_model_says_how_to_pass_one(monkeypatch, tmp_path):
