@@ -209,3 +209,34 @@ def test_show_and_tell_checkpoint_captions_but_has_no_attention_map(tmp_path):
     res = runner.invoke(app, ["caption", str(MEDIA / "dog.jpg"), "--model", str(ckpt),
                               "--attention-map", str(tmp_path / "a.png")])
     assert res.exit_code == 2 and "no attention" in res.stderr
+
+
+def test_caption_table_keeps_long_paths_apart(trained_ckpt, tmp_path):
+    deep = tmp_path.joinpath(*["a_rather_long_folder_name"] * 6)
+    deep.mkdir(parents=True)
+    names = ["holiday_photo_from_the_long_trip_number_0001.jpg", "holiday_photo_from_the_long_trip_number_0002.jpg"]
+    for name, src in zip(names, TARGETS):
+        (deep / name).write_bytes((MEDIA / src).read_bytes())
+    res = runner.invoke(app, ["caption", *(str(deep / n) for n in names), "--model", str(trained_ckpt)],
+                        env={"COLUMNS": "100"})
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    for name, caption in zip(names, TARGETS.values()):
+        row = [line for line in lines if caption in line]
+        assert len(row) == 1 and name in row[0], res.stdout  # each row names its own image
+
+
+def test_attention_maps_of_several_images_are_listed(trained_ckpt, tmp_path):
+    for sub, name in (("one", "dog.jpg"), ("two", "horses.jpg")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "photo.jpg").write_bytes((MEDIA / name).read_bytes())  # the same stem twice
+    out = tmp_path / "att.png"
+    res = runner.invoke(app, ["caption", str(MEDIA / "dog.jpg"), str(tmp_path / "one" / "photo.jpg"),
+                              str(tmp_path / "two" / "photo.jpg"), "--model", str(trained_ckpt), "--json",
+                              "--attention-map", str(out)])
+    assert res.exit_code == 0, res.output
+    expected = [tmp_path / "att_dog.png", tmp_path / "att_photo_2.png", tmp_path / "att_photo_3.png"]
+    assert sorted(tmp_path.glob("att*.png")) == expected and not out.exists()
+    for path in expected:
+        assert cv2.imread(str(path)) is not None and f": {path}" in res.stderr
+    assert len(res.stdout.splitlines()) == 3  # stdout stays JSON lines
