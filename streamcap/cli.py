@@ -34,9 +34,16 @@ app = typer.Typer(
 err_console = Console(stderr=True, soft_wrap=True)
 
 # -- shared options ------------------------------------------------------------------------------
-Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the annotated video here (MP4).")]
+def _positive(value):
+    """Option callback: a number of seconds that must be more than 0 (None: not given)."""
+    if value is not None and not value > 0:  # also refuses nan
+        raise typer.BadParameter(f"must be more than 0, got {value}")
+    return value
+
+
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the annotated video here: .mp4/.mov/.m4v/.mkv (H.264) or .avi (MPEG-4 Part 2).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
-Codec = Annotated[str, typer.Option("--codec", help="auto (H.264 via PyAV, else mp4v) | h264 | mp4v.")]
+Codec = Annotated[str, typer.Option("--codec", help="auto (H.264 via PyAV, else mp4v; mp4v in .avi) | h264 | mp4v.")]
 LogFile = Annotated[Optional[Path], typer.Option("--log", help="Append JSONL records here (schema in README).")]
 LogEvery = Annotated[int, typer.Option("--log-every", min=0, help="A frame record every N processed frames (0: none).")]
 LogMasks = Annotated[bool, typer.Option("--log-masks", help="Add COCO RLE masks to frame records.")]
@@ -45,21 +52,21 @@ Drop = Annotated[Optional[str], typer.Option("--drop", help="latest (live defaul
 QueueSize = Annotated[int, typer.Option("--queue-size", min=1, help="Frames buffered between capture and inference.")]
 Transport = Annotated[Optional[str], typer.Option("--rtsp-transport", help="tcp | udp for RTSP sources.")]
 MaxRetries = Annotated[Optional[int], typer.Option("--max-retries", min=0, help="Give up on a live source after N failed connects (default: retry forever).")]
-OpenTimeout = Annotated[float, typer.Option("--open-timeout", help="Seconds to wait for a stream to open.")]
-ReadTimeout = Annotated[float, typer.Option("--read-timeout", help="Seconds a stream read may block.")]
-BackoffMax = Annotated[float, typer.Option("--backoff-max", help="Longest wait between reconnect attempts, seconds (backoff starts at 0.5 s and doubles).")]
-Watchdog = Annotated[float, typer.Option("--watchdog", help="Reconnect a live source silent for this many seconds.")]
+OpenTimeout = Annotated[float, typer.Option("--open-timeout", callback=_positive, help="Seconds to wait for a stream to open.")]
+ReadTimeout = Annotated[float, typer.Option("--read-timeout", callback=_positive, help="Seconds a stream read may block.")]
+BackoffMax = Annotated[float, typer.Option("--backoff-max", callback=_positive, help="Longest wait between reconnect attempts, seconds (backoff starts at 0.5 s and doubles).")]
+Watchdog = Annotated[float, typer.Option("--watchdog", callback=_positive, help="Reconnect a live source silent for this many seconds.")]
 Show = Annotated[bool, typer.Option("--show", help="Show a window (needs a display).")]
 Stats = Annotated[bool, typer.Option("--stats", help="Show live statistics (fps, drops, queues, latency).")]
 Hud = Annotated[bool, typer.Option("--hud", help="Draw the statistics onto the frames.")]
-StatsInterval = Annotated[float, typer.Option("--stats-interval", help="Seconds between stats records in the log (0: none).")]
+StatsInterval = Annotated[float, typer.Option("--stats-interval", min=0.0, help="Seconds between stats records in the log (0: none).")]
 OnError = Annotated[str, typer.Option("--on-stage-error", help="skip (count the frame, stop after 5 in a row) | stop.")]
 NoSegment = Annotated[bool, typer.Option("--no-segment", help="Run without the segmenter.")]
 SegModel = Annotated[str, typer.Option("--seg-model", help="v1 (maskrcnn_resnet50_fpn) | v2 (maskrcnn_resnet50_fpn_v2).")]
 SegWeights = Annotated[Optional[str], typer.Option("--seg-weights", help="State dict file, or 'random' (untrained, for tests and benchmarks).")]
-SegSize = Annotated[Optional[int], typer.Option("--seg-size", help="Short side the model sees (default: 512 on CPU, the full frame on GPU; 0: full frame).")]
-Score = Annotated[float, typer.Option("--score-threshold", help="Keep detections scoring at least this.")]
-MaskThr = Annotated[float, typer.Option("--mask-threshold", help="Mask probability threshold.")]
+SegSize = Annotated[Optional[int], typer.Option("--seg-size", min=0, help="Short side the model sees (default: 512 on CPU, the full frame on GPU; 0: full frame).")]
+Score = Annotated[float, typer.Option("--score-threshold", min=0.0, max=1.0, help="Keep detections scoring at least this.")]
+MaskThr = Annotated[float, typer.Option("--mask-threshold", min=0.0, max=1.0, help="Mask probability threshold.")]
 Classes = Annotated[Optional[str], typer.Option("--classes", help="Comma-separated COCO class names to keep, e.g. person,car.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
 MaxDet = Annotated[int, typer.Option("--max-detections", min=1, help="At most this many objects per frame.")]
@@ -67,9 +74,9 @@ Batch = Annotated[Optional[int], typer.Option("--batch", min=1, help="Frames per
 NoCaption = Annotated[bool, typer.Option("--no-caption", help="Run without scene captions.")]
 CapModel = Annotated[Optional[Path], typer.Option("--caption-model", help="Caption checkpoint (default: the bundled model).")]
 CapEvery = Annotated[Optional[int], typer.Option("--caption-every", min=1, help="Caption every N processed frames.")]
-CapInterval = Annotated[Optional[float], typer.Option("--caption-interval", help="Caption every T seconds of stream time (default 2.0).")]
+CapInterval = Annotated[Optional[float], typer.Option("--caption-interval", min=0.0, help="Caption every T seconds of stream time (default 2.0; 0: every processed frame).")]
 Beam = Annotated[int, typer.Option("--beam", min=1, help="Beam width for captions.")]
-Duration = Annotated[Optional[float], typer.Option("--duration", help="Stop after this many seconds.")]
+Duration = Annotated[Optional[float], typer.Option("--duration", callback=_positive, help="Stop after this many seconds.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log source events and warnings to stderr.")]
 
 
@@ -136,7 +143,9 @@ def _source(uri: str, **kw) -> SourceConfig:
 
 
 def handles_errors(func):
-    """Turn a StreamcapError into one red line and its exit code (also under CliRunner)."""
+    """Turn a StreamcapError into one red line and its exit code, and Ctrl-C outside a run
+    (while a model loads) into 130, whatever typer version runs the command (also under
+    CliRunner). Applied to every command by ``_guard_commands``."""
     import functools
 
     @functools.wraps(func)
@@ -146,12 +155,14 @@ def handles_errors(func):
         except StreamcapError as err:
             err_console.print(f"streamcap: error: {err}", style="red", highlight=False, markup=False)
             raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
 
+    wrapper._streamcap_guarded = True
     return wrapper
 
 
 @app.command()
-@handles_errors
 def file(
     input: Annotated[str, typer.Argument(help="Video file, image, folder of images, or glob.")],
     out: Out = None, overwrite: Overwrite = False, codec: Codec = "auto", log: LogFile = None,
@@ -188,7 +199,6 @@ def file(
 
 
 @app.command()
-@handles_errors
 def live(
     source: Annotated[str, typer.Option("--source", "-s", help="Webcam index (0), RTSP/RTMP/HTTP URL, or a file played in real time.")] = "0",
     out: Out = None, overwrite: Overwrite = False, codec: Codec = "auto", log: LogFile = None,
@@ -228,7 +238,6 @@ def live(
 
 
 @app.command()
-@handles_errors
 def monitor(
     urls: Annotated[list[str], typer.Argument(help="One or more camera URLs (or webcam indexes).")],
     log: LogFile = None, log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1,
@@ -291,28 +300,41 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _guard_commands(typer_app: typer.Typer) -> None:
+    """Wrap every registered command (sub-apps too) in handles_errors, once."""
+    for info in typer_app.registered_commands:
+        if info.callback is not None and not getattr(info.callback, "_streamcap_guarded", False):
+            info.callback = handles_errors(info.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _guard_commands(group.typer_instance)
+
+
+_guard_commands(app)
+
+
 def main() -> None:
-    """Entry point: one line and a documented exit code for every error the user can fix."""
+    """Entry point: one line and a documented exit code for every error the user can fix.
+
+    Typer runs in its standalone mode, so usage errors (an unknown option or command, a
+    missing argument, a value out of range) are reported the way typer reports them, exit 2,
+    whichever click typer uses (its own copy from 0.28 on, the click package before;
+    tested with typer 0.20 to 0.29, the range pyproject.toml allows). Errors
+    raised inside a command are turned into their exit code by ``handles_errors``.
+    """
     try:
-        code = app(standalone_mode=False)  # click returns a typer.Exit's code in this mode
-        sys.exit(code if isinstance(code, int) else 0)
+        app()
+    except SystemExit:
+        raise
     except StreamcapError as err:
         err_console.print(f"streamcap: error: {err}", style="red", highlight=False, markup=False)
         sys.exit(err.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as err:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
+    except Exception as err:
         from streamcap.capture import redact_url
 
         err_console.print(f"streamcap: internal error: {type(err).__name__}: {redact_url(str(err))}",
                           style="red", highlight=False, markup=False)
         sys.exit(EXIT_INTERNAL)
+    sys.exit(0)

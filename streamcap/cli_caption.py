@@ -36,6 +36,33 @@ def expand_images(args: list[str]) -> list[Path]:
     return out
 
 
+def common_folder(paths: list[Path]) -> tuple[str, list[str]]:
+    """(the folder all ``paths`` share, each path relative to it): distinct paths stay distinct
+    however long they are. ("", the paths as given) when they share none."""
+    import os
+
+    try:
+        common = os.path.commonpath([str(p.parent) for p in paths]) if paths else ""
+    except ValueError:  # absolute and relative mixed
+        common = ""
+    if common in ("", "."):
+        return "", [str(p) for p in paths]
+    return common, [os.path.relpath(p, common) for p in paths]
+
+
+def attention_map_names(out: Path, paths: list[Path]) -> list[Path]:
+    """Where each image's attention map goes: ``out`` itself for one image, else
+    ``OUT_<image stem>.png`` (``_<n>`` added where two images share a stem)."""
+    if len(paths) == 1:
+        return [out]
+    stems = [p.stem for p in paths]
+    names = []
+    for i, stem in enumerate(stems):
+        tag = stem if stems.count(stem) == 1 else f"{stem}_{i + 1}"
+        names.append(out.with_name(f"{out.stem}_{tag}{out.suffix}"))
+    return names
+
+
 def _fail(err: StreamcapError) -> typer.Exit:
     typer.echo(f"streamcap: error: {err}", err=True)
     return typer.Exit(err.exit_code)
@@ -45,8 +72,10 @@ def caption_command(
     images: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     beam: int = typer.Option(3, "--beam", min=1, max=20, help="Beam width (1 = greedy)."),
     model: Optional[Path] = typer.Option(None, "--model", help="Caption checkpoint (.pt); default: the bundled one."),
-    attention_map: Optional[Path] = typer.Option(None, "--attention-map",
-                                                 help="Write per-word attention heatmaps to this PNG."),
+    attention_map: Optional[Path] = typer.Option(
+        None, "--attention-map",
+        help="Write per-word attention heatmaps to this PNG; with several images, one file each: "
+             "OUT_<image name>.png next to it. The files written are listed on stderr."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line: image, caption, score."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -71,29 +100,33 @@ def caption_command(
             raise BadInputError(f"unknown --device {device!r}; use auto, cpu or cuda")
         captioner = Captioner(model=model, device=device, beam=beam, max_len=max_len)
         want_maps = attention_map is not None
+        map_paths = attention_map_names(attention_map, paths) if want_maps else []
         rows = []
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             arrays = [read_image_rgb(p) for p in chunk]
             results = captioner.caption_images(arrays, batch_size=batch_size, return_alphas=want_maps)
-            for path, array, res in zip(chunk, arrays, results):
+            for i, (path, array, res) in enumerate(zip(chunk, arrays, results), start):
                 if as_json:
                     typer.echo(json.dumps({"image": str(path), "caption": res.text,
                                            "score": round(res.score, 4)}))
                 rows.append((path, res.text, res.score))
                 if want_maps:
-                    out = attention_map if len(paths) == 1 else attention_map.with_name(
-                        f"{attention_map.stem}_{path.stem}{attention_map.suffix}")
-                    save_attention_map(out, array, res.tokens, res.alphas)
+                    save_attention_map(map_paths[i], array, res.tokens, res.alphas)
+                    typer.echo(f"streamcap: attention map of {path}: {map_paths[i]}", err=True)
     except StreamcapError as err:
         raise _fail(err)
     if not as_json:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("image", "caption", "score")
-        for path, text, score in rows:
-            table.add_row(str(path), text, f"{score:.3f}")
+        folder, names = common_folder([path for path, _, _ in rows])
+        table = Table(title=f"images in {folder}" if folder else None)
+        table.add_column("image", overflow="fold")  # folded, never cut: rows stay distinguishable
+        table.add_column("caption")
+        table.add_column("score", justify="right")
+        for name, (_, text, score) in zip(names, rows):
+            table.add_row(name, text, f"{score:.3f}")
         Console().print(table)
 
 

@@ -48,8 +48,7 @@ Examples:
 def _fail(err: StreamcapError) -> SystemExit:
     """One line on stderr and the error's exit code.
 
-    SystemExit rather than typer.Exit: click turns typer.Exit into a return value when the app
-    runs with ``standalone_mode=False`` (as ``cli.main`` does), which would lose the code.
+    SystemExit works the same under ``cli.main`` (typer's standalone mode) and CliRunner.
     """
     typer.echo(f"streamcap: error: {err}", err=True)
     return SystemExit(err.exit_code)

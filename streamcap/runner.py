@@ -20,7 +20,7 @@ from rich.table import Table
 from streamcap.capture import SourceConfig, probe_file, redact_url
 from streamcap.errors import BadInputError
 from streamcap.pipeline import Pipeline, PipelineConfig, RunSummary
-from streamcap.sinks import JsonlSink, VideoFileSink, check_output_path
+from streamcap.sinks import JsonlSink, VideoFileSink, check_output_path, check_video_output
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def validate(job: Job) -> dict[str, Any]:
             infos[src.uri] = probe_file(src.resolved())
     inputs = [s.uri for s in job.sources if not s.live]
     if job.out is not None:
+        check_video_output(job.out, job.codec)
         check_output_path(job.out, inputs, overwrite=job.overwrite)
     if job.log is not None:
         check_output_path(job.log, inputs, append=True)
@@ -256,6 +257,12 @@ def run(
     cap = None if caption is False else ({"interval": 2.0} if caption is True else dict(caption))
     if cap is not None and cap.get("every") is None and cap.get("interval") is None:
         cap["interval"] = 2.0
+    if cap is not None:
+        every, interval = cap.get("every"), cap.get("interval")
+        if every is not None and not (isinstance(every, int) and every >= 1):
+            raise BadInputError(f"caption every must be a whole number of frames, 1 or more; got {every!r}")
+        if interval is not None and not (isinstance(interval, (int, float)) and interval >= 0):
+            raise BadInputError(f"caption interval must be 0 or more seconds; got {interval!r}")
     job = Job(command="api", sources=configs, out=Path(out) if out else None, overwrite=overwrite,
               log=Path(log) if log else None, progress=progress, segment=seg, caption=cap,
               pipeline=pipeline or PipelineConfig(), duration_s=duration_s)

@@ -24,6 +24,24 @@ log = logging.getLogger(__name__)
 JSONL_SCHEMA_VERSION = 1
 VIDEO_CODECS = ("auto", "h264", "mp4v")
 MP4_FRAGMENT_OPTIONS = {"movflags": "+frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000"}
+# Containers --out may name. H.264 goes in the MP4 family (written fragmented, see _open_pyav) and
+# Matroska; AVI cannot carry H.264's variable timing, so it gets MPEG-4 Part 2 at a fixed rate.
+MP4_FAMILY = (".mp4", ".m4v", ".mov")
+H264_CONTAINERS = MP4_FAMILY + (".mkv",)
+VIDEO_CONTAINERS = H264_CONTAINERS + (".avi",)
+
+
+def check_video_output(path: str | os.PathLike, codec: str = "auto") -> None:
+    """The container (from the file name) and codec can go together; BadInputError otherwise."""
+    if codec not in VIDEO_CODECS:
+        raise BadInputError(f"unknown codec {codec!r}; choose one of {', '.join(VIDEO_CODECS)}")
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_CONTAINERS:
+        raise BadInputError(f"cannot write a video named {Path(path).name!r}: the output name must end in "
+                            f"{', '.join(VIDEO_CONTAINERS[:-1])} or {VIDEO_CONTAINERS[-1]}")
+    if codec == "h264" and suffix not in H264_CONTAINERS:
+        raise BadInputError(f"{suffix} cannot hold H.264: use --codec mp4v (or auto) for {suffix}, "
+                            f"or name the output {', '.join(H264_CONTAINERS)}")
 
 
 def iso_time(ts: float) -> str:
@@ -61,7 +79,29 @@ def check_output_path(path: str | os.PathLike, inputs: list[str] = (), *, overwr
         raise BadInputError(f"cannot create output folder {parent}: {err.strerror or err}") from None
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInputError(f"output folder is not writable: {parent}")
+    _probe_writable(p)
     return p
+
+
+def _probe_writable(p: Path) -> None:
+    """Open the output for writing as the run will, then leave everything as it was: the
+    permission bits alone do not tell (root passes os.access; /proc or a read-only file
+    system only refuse when asked). An existing file is opened to append (not changed); a new
+    one is created and removed again. Non-blocking, so a FIFO cannot hang the check."""
+    existed = p.exists()
+    flags = os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    flags |= os.O_APPEND if existed else os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(p, flags, 0o644)
+    except OSError as err:
+        what = "open output" if existed else "create output"
+        raise BadInputError(f"cannot {what} {p}: {err.strerror or err}") from None
+    os.close(fd)
+    if not existed:
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
 
 
 class JsonlSink:
@@ -192,16 +232,16 @@ def _json_default(obj: Any) -> Any:
 class VideoFileSink:
     """Writes annotated frames to a video file, timed by each frame's stream time.
 
-    ``codec="auto"`` writes browser-playable H.264 MP4 with PyAV (libx264) and falls back to
-    OpenCV's ``mp4v`` when PyAV or libx264 is missing; ``encoder`` says which was used. The
+    ``codec="auto"`` writes browser-playable H.264 with PyAV (libx264) into .mp4/.m4v/.mov/.mkv
+    and falls back to OpenCV's ``mp4v`` when PyAV or libx264 is missing; .avi always gets
+    ``mp4v`` (MPEG-4 Part 2); ``encoder`` says which was used. The
     size is fixed by the first frame (made even for yuv420p); later frames of another size
     (a camera that reconnected at a new resolution) are resized to it.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, *, codec: str = "auto", crf: int = 23,
                  preset: str = "veryfast") -> None:
-        if codec not in VIDEO_CODECS:
-            raise BadInputError(f"unknown codec {codec!r}; choose one of {', '.join(VIDEO_CODECS)}")
+        check_video_output(path, codec)
         self.path = Path(path)
         self.fps = float(fps) if fps and fps > 0 else 25.0
         self.codec = codec
@@ -219,7 +259,7 @@ class VideoFileSink:
     # -- opening -------------------------------------------------------------------------------
     def _open(self, width: int, height: int) -> None:
         self.size = (width - width % 2, height - height % 2)
-        if self.codec in ("auto", "h264"):
+        if self.codec in ("auto", "h264") and self.path.suffix.lower() in H264_CONTAINERS:
             try:
                 self._open_pyav()
                 return
@@ -236,7 +276,9 @@ class VideoFileSink:
         # second, so a run killed hard (SIGKILL, power loss, full disk) leaves a file that
         # plays up to its last fragment; it streams in browsers like a faststart file.
         # (Container options: "movflags" among the encoder's options was silently ignored.)
-        container = av.open(str(self.path), mode="w", options=dict(MP4_FRAGMENT_OPTIONS))
+        # Matroska needs no options: it plays up to the last cluster written anyway.
+        options = dict(MP4_FRAGMENT_OPTIONS) if self.path.suffix.lower() in MP4_FAMILY else {}
+        container = av.open(str(self.path), mode="w", options=options)
         try:
             stream = container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
             stream.width, stream.height = self.size
@@ -254,7 +296,9 @@ class VideoFileSink:
         self.encoder = "h264 (libx264 via PyAV)"
 
     def _open_cv2(self) -> None:
-        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+        # The same MPEG-4 Part 2 encoder either way; in AVI under the tag players know best.
+        fourcc = "XVID" if self.path.suffix.lower() == ".avi" else "mp4v"
+        writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps, self.size)
         if not writer.isOpened():
             raise StageError(f"cannot open video writer for {self.path}")
         self._writer = writer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import MEDIA
 
 from streamcap.caption.checkpoint import load_checkpoint, save_checkpoint
 from streamcap.caption.decode import beam_search, greedy
@@ -62,7 +63,7 @@ def test_real_lite0_weights_load_offline_and_separate_images():
     from PIL import Image
 
     enc = build_encoder("efficientnet_lite0", pretrained=True)
-    images = [Image.open(f"/work/shared/media/{n}.jpg") for n in ("dog", "horses")]
+    images = [Image.open(MEDIA / f"{n}.jpg") for n in ("dog", "horses")]
     batch = preprocess(images + [np.asarray(images[0].convert("RGB"))])
     assert batch.shape == (3, 3, 224, 224) and 0.0 <= batch.min() and batch.max() <= 1.0
     with torch.inference_mode():
@@ -180,18 +181,23 @@ def test_bad_checkpoints_are_bad_input(tmp_path, mutate, match):
 def test_corrupt_missing_and_pickled_checkpoints(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00not a checkpoint" * 10)
-    with pytest.raises(BadInputError, match="corrupt"):
+    with pytest.raises(BadInputError, match="is not a PyTorch checkpoint: it is binary data"):
         load_checkpoint(junk)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(BadInputError, match="is empty"):
+        load_checkpoint(empty)
     good = save_checkpoint(tmp_path / "m.pt", tiny_decoder(), tiny_vocab(), "efficientnet_lite0")
     truncated = tmp_path / "trunc.pt"
-    truncated.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(BadInputError, match="corrupt"):
-        load_checkpoint(truncated)
+    for cut in (200, good.stat().st_size // 2, good.stat().st_size - 10):
+        truncated.write_bytes(good.read_bytes()[:cut])
+        with pytest.raises(BadInputError, match="corrupt: the zip archive is truncated"):
+            load_checkpoint(truncated)
     with pytest.raises(BadInputError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
     pickled = tmp_path / "module.pt"
     torch.save({"format_version": 1, "model": tiny_decoder()}, pickled)  # a whole module: refused
-    with pytest.raises(BadInputError):
+    with pytest.raises(BadInputError, match="pickled Python objects"):
         load_checkpoint(pickled)
 
 

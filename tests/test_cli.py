@@ -93,6 +93,47 @@ def test_unknown_option_value_exits_2(tmp_path):
     assert result.returncode == 2 and "drop" in result.stderr
 
 
+USAGE_ERRORS = [
+    (["file", "x", "--bogus"], "--bogus"),
+    (["file"], "input"),
+    (["file", "x", "--stride", "0"], "--stride"),
+    (["file", "x", "--stride", "abc"], "--stride"),
+    (["file", "x", "--beam", "0"], "--beam"),
+    (["fiel", "x"], "fiel"),
+    (["file", "x", "--caption-interval", "-1"], "--caption-interval"),
+    (["file", "x", "--score-threshold", "1.5"], "--score-threshold"),
+    (["file", "x", "--seg-size", "-1"], "--seg-size"),
+    (["live", "--open-timeout", "0"], "--open-timeout"),
+    (["live", "--duration", "-1"], "--duration"),
+    (["monitor", "rtsp://cam/x", "--watchdog", "0"], "--watchdog"),
+    (["monitor", "rtsp://cam/x", "--backoff-max", "-1"], "--backoff-max"),
+    (["caption", "x", "--beam", "0"], "--beam"),
+    (["models", "bogus"], "bogus"),
+]
+
+
+def test_usage_errors_exit_2_with_typers_message():
+    """Through the real entry point (main), all at once: whichever typer (and click) is
+    installed, a usage error is typer's usage message and exit 2, never an internal error."""
+    env = {**os.environ, "COLUMNS": "200"}
+    procs = [(args, subprocess.Popen([sys.executable, "-m", "streamcap", *args], cwd=REPO, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+             for args, _ in USAGE_ERRORS]
+    for (args, proc), (_, word) in zip(procs, USAGE_ERRORS):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (args, proc.returncode, err)
+        assert "internal error" not in err and "Traceback" not in err, (args, err)
+        assert "Usage:" in err and word.lower() in err.lower(), (args, err)
+
+
+def test_no_arguments_prints_help_not_an_error():
+    res = run_cli(env={"COLUMNS": "200"})
+    assert res.returncode in (0, 2), res  # click 8.2+ exits 2 after the help, older click 0
+    assert "internal error" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+    text = res.stdout + res.stderr
+    assert "Usage:" in text and "monitor" in text and "caption" in text
+
+
 def test_live_source_that_never_connects_exits_3(tmp_path):
     log = tmp_path / "log.jsonl"
     result = run_cli("live", "--source", "rtsp://127.0.0.1:9/nothing", "--max-retries", "1",

@@ -136,3 +136,24 @@ def test_output_equal_to_input_is_refused_in_every_spelling(tmp_path):
     assert result.returncode == 2 and "is the input file" in result.stderr
     assert src.read_bytes() == before
     assert probe_frames(src) == 3
+
+
+@pytest.mark.parametrize("option", ["--out", "--log"])
+def test_output_in_proc_is_refused_before_any_model_loads(tmp_path, option):
+    """/proc passes the folder checks (root may write anywhere); creating the file fails.
+    The real models are asked for, so reaching them would take seconds and more lines."""
+    other = ["--log", str(tmp_path / "log.jsonl")] if option == "--out" else ["--out", str(tmp_path / "o.mp4")]
+    target = "/proc/streamcap_q.mp4" if option == "--out" else "/proc/streamcap_q.jsonl"
+    result = run_cli("file", str(SAMPLE_CLIP), option, target, *other)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"cannot create output {target}" in lines[0], lines
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_avi_output_plays_and_ffmpeg_says_nothing(tmp_path):
+    out = tmp_path / "out.avi"
+    result = run_cli("file", str(write_video(tmp_path / "in.mp4", n=12)), "--out", str(out), *ENGINE_ONLY)
+    assert result.returncode == 0, result.stderr
+    assert "not used" not in result.stderr and "mp4v" in result.stderr, result.stderr
+    assert probe_frames(out) == 12

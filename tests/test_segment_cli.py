@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import MEDIA
 from typer.testing import CliRunner
 
 from streamcap import api
@@ -16,7 +17,7 @@ from streamcap.cli import app
 from streamcap.cli_segment import expand_images
 from streamcap.errors import BadInputError
 
-DOG = "/work/shared/media/dog.jpg"
+DOG = str(MEDIA / "dog.jpg")
 FAST = ["--seg-weights", "random", "--seg-size", "64", "--max-detections", "3", "--score-threshold", "0.2"]
 
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 import json
 import os
 
+import subprocess
+
 import numpy as np
 import pytest
 
 from conftest import probe_frames, read_jsonl
 from streamcap.errors import BadInputError
-from streamcap.sinks import JSONL_SCHEMA_VERSION, JsonlSink, VideoFileSink, check_output_path
+from streamcap.sinks import (JSONL_SCHEMA_VERSION, JsonlSink, VideoFileSink, check_output_path,
+                             check_video_output)
 
 
 def test_jsonl_lines_parse_and_carry_schema(tmp_path):
@@ -76,3 +79,36 @@ def test_check_output_path(tmp_path):
         check_output_path(blocker / "sub" / "out.mp4")
     with pytest.raises(BadInputError, match="not writable|cannot create"):
         check_output_path("/proc/streamcap-test/out.mp4")
+
+
+@pytest.mark.parametrize("name,codec_name", [("out.avi", "mpeg4"), ("out.mkv", "h264"), ("out.mov", "h264")])
+def test_each_container_gets_a_codec_it_holds(tmp_path, name, codec_name):
+    path = tmp_path / name
+    with VideoFileSink(path, fps=10) as sink:
+        for i in range(12):
+            sink.write(np.full((120, 160, 3), i * 20, np.uint8), pts_s=i / 10)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+                            "stream=codec_name", "-of", "csv=p=0", str(path)], capture_output=True, text=True)
+    assert probe.stdout.strip() == codec_name and probe.stderr == ""
+    assert probe_frames(path) == 12
+
+
+def test_video_output_name_and_codec_are_checked():
+    check_video_output("a.MP4", "h264")
+    check_video_output("a.avi", "auto")
+    with pytest.raises(BadInputError, match="cannot hold H.264"):
+        check_video_output("a.avi", "h264")
+    with pytest.raises(BadInputError, match="must end in"):
+        check_video_output("a.webm")
+    with pytest.raises(BadInputError, match="unknown codec"):
+        check_video_output("a.mp4", "vp9")
+
+
+def test_output_that_cannot_be_created_is_refused_up_front(tmp_path):
+    with pytest.raises(BadInputError, match="cannot create output /proc/q.mp4"):
+        check_output_path("/proc/q.mp4")  # the folder passes os.access as root; the file cannot exist
+    new, old = tmp_path / "new.mp4", tmp_path / "old.jsonl"
+    old.write_text("kept\n")
+    check_output_path(new)
+    check_output_path(old, append=True)
+    assert not new.exists() and old.read_text() == "kept\n"  # the check leaves no trace

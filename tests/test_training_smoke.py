@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
-if not (DATA / "images").is_dir():
-    DATA = Path("/work/shared/data/flickr8k")
+DATA = SHARED / "data" / "flickr8k"
 
 pytestmark = pytest.mark.skipif(not (DATA / "train.txt").is_file(), reason="Flickr8k sample data not found")
 

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import MEDIA
 from typer.testing import CliRunner
 
 from streamcap import weights as W
 from streamcap.cli import app
 from streamcap.errors import BadInputError
 
-DOG = "/work/shared/media/dog.jpg"
+DOG = str(MEDIA / "dog.jpg")
 V1 = W.SEGMENTER_WEIGHTS["v1"]
 V1_FILE = "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
 

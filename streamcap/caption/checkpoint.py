@@ -74,17 +74,13 @@ def load_checkpoint(path, map_location="cpu") -> LoadedCaptioner:
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"caption checkpoint {path} does not exist")
+    problem = _sniff(path)
+    if problem:
+        raise BadInputError(f"caption checkpoint {path} {problem}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, random bytes, pickled modules
-        text = str(err)
-        if "Weights only load failed" in text:
-            # torch's paragraph about weights_only; what matters is the reason it gives last.
-            reason = "it holds pickled Python objects, not plain tensors" if "Unsupported global" in text \
-                else "not a PyTorch checkpoint (or a truncated one)"
-        else:
-            reason = text.strip().splitlines()[0][:200] if text.strip() else type(err).__name__
-        raise BadInputError(f"caption checkpoint {path} is unreadable or corrupt: {reason}") from None
+    except Exception as err:  # truncated zip, pickled modules
+        raise BadInputError(f"caption checkpoint {path} {_load_failure(err)}") from None
     if not isinstance(ckpt, dict):
         raise BadInputError(f"caption checkpoint {path} is not a streamcap checkpoint (not a dict)")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
@@ -109,3 +105,50 @@ def load_checkpoint(path, map_location="cpu") -> LoadedCaptioner:
     return LoadedCaptioner(decoder=decoder.eval(), vocab=vocab, encoder_name=encoder_name,
                            input_size=input_size, train_info=dict(ckpt.get("train_info") or {}),
                            encoder_state=ckpt.get("encoder_state"))
+
+
+# The first bytes of files people pass by mistake, and what to call them.
+_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+          (b"RIFF", "a RIFF file (AVI video, WAV audio or WebP image)"), (b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"))
+
+
+def _sniff(path: Path) -> str | None:
+    """What is wrong with ``path`` as a torch.save file (a zip archive, or the legacy pickle
+    format), told from its bytes before torch reads it; None when it may be one."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        return f"cannot be read: {err.strerror or err}"
+    if not head:
+        return "is empty"
+    if head.startswith(b"PK\x03\x04"):  # torch >= 1.6 writes a zip archive
+        return None if zipfile.is_zipfile(path) else "is corrupt: the zip archive is truncated (no end record)"
+    if head[:1] == b"\x80":  # the legacy pickle format
+        return None
+    if head[4:8] == b"ftyp":
+        kind = "an MP4/MOV video or image (ISO media)"
+    else:
+        kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+        if kind is None:
+            printable = all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+            kind = "a text file" if printable else f"binary data starting {head[:4].hex(' ')}"
+    return f"is not a PyTorch checkpoint: it is {kind}, not the zip archive torch.save writes"
+
+
+def _load_failure(err: Exception) -> str:
+    """torch.load's error in a few words (its messages run to paragraphs)."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        if "Unsupported global" in text or "GLOBAL" in text:
+            return "holds pickled Python objects, not plain tensors (refused: loading them could run code)"
+        return "is not a PyTorch checkpoint (torch could not unpickle it)"
+    if isinstance(err, EOFError) or "failed finding central directory" in text or "not a ZIP archive" in text:
+        return "is corrupt: the zip archive is truncated or damaged"
+    if "PytorchStreamReader" in text or "inline_container" in text:
+        return "is corrupt: a zip archive torch.save did not write, or a damaged one"
+    first = text.strip().splitlines()[0][:160] if text.strip() else ""
+    return f"is corrupt: torch.load failed ({type(err).__name__}{': ' + first if first else ''})"
