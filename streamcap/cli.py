@@ -51,9 +51,10 @@ Stride = Annotated[int, typer.Option("--stride", min=1, help="Take every Nth fra
 Drop = Annotated[Optional[str], typer.Option("--drop", help="latest (live default: newest frame wins) | block (file default: lose nothing).")]
 QueueSize = Annotated[int, typer.Option("--queue-size", min=1, help="Frames buffered between capture and inference.")]
 Transport = Annotated[Optional[str], typer.Option("--rtsp-transport", help="tcp | udp for RTSP sources.")]
-MaxRetries = Annotated[Optional[int], typer.Option("--max-retries", min=0, help="Give up on a live source after N failed connects (default: retry forever).")]
+MaxRetries = Annotated[Optional[int], typer.Option("--max-retries", min=0, help="After a failed connect, retry N more times (N+1 attempts per outage), then give up (default: retry forever).")]
 OpenTimeout = Annotated[float, typer.Option("--open-timeout", callback=_positive, help="Seconds to wait for a stream to open.")]
-ReadTimeout = Annotated[float, typer.Option("--read-timeout", callback=_positive, help="Seconds a stream read may block.")]
+ReadTimeout = Annotated[float, typer.Option("--read-timeout", callback=_positive, help="Seconds without any packet from a stream before the connection counts as lost.")]
+FirstFrameTimeout = Annotated[float, typer.Option("--first-frame-timeout", callback=_positive, help="Seconds a stream that sends data may take to deliver its first keyframe (cameras with keyframes far apart).")]
 BackoffMax = Annotated[float, typer.Option("--backoff-max", callback=_positive, help="Longest wait between reconnect attempts, seconds (backoff starts at 0.5 s and doubles).")]
 Watchdog = Annotated[float, typer.Option("--watchdog", callback=_positive, help="Reconnect a live source silent for this many seconds.")]
 Show = Annotated[bool, typer.Option("--show", help="Show a window (needs a display).")]
@@ -69,6 +70,7 @@ Score = Annotated[float, typer.Option("--score-threshold", min=0.0, max=1.0, hel
 MaskThr = Annotated[float, typer.Option("--mask-threshold", min=0.0, max=1.0, help="Mask probability threshold.")]
 Classes = Annotated[Optional[str], typer.Option("--classes", help="Comma-separated COCO class names to keep, e.g. person,car.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+Precision = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16.")]
 MaxDet = Annotated[int, typer.Option("--max-detections", min=1, help="At most this many objects per frame.")]
 Batch = Annotated[Optional[int], typer.Option("--batch", min=1, help="Frames per model call (default: 1 on CPU, 4 on GPU).")]
 NoCaption = Annotated[bool, typer.Option("--no-caption", help="Run without scene captions.")]
@@ -90,12 +92,13 @@ def _setup_logging(verbose: bool) -> None:
     root.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def _seg_options(no_segment, seg_model, seg_weights, seg_size, score, mask_thr, classes, device, max_det, batch):
+def _seg_options(no_segment, seg_model, seg_weights, seg_size, score, mask_thr, classes, device, max_det, batch,
+                 precision="auto"):
     if no_segment:
         return None
     return dict(model=seg_model, weights=seg_weights, seg_size=seg_size, score_threshold=score,
                 mask_threshold=mask_thr, classes=tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else (),
-                device=device, max_detections=max_det, batch=batch)
+                device=device, max_detections=max_det, batch=batch, precision=precision)
 
 
 def _caption_options(no_caption, model, every, interval, beam, device):
@@ -113,7 +116,7 @@ def _model_options(opts: dict) -> dict:
                                 log_masks=opts["log_masks"], on_stage_error=opts["on_stage_error"]),
         segment=_seg_options(opts["no_segment"], opts["seg_model"], opts["seg_weights"], opts["seg_size"],
                              opts["score_threshold"], opts["mask_threshold"], opts["classes"], opts["device"],
-                             opts["max_detections"], opts["batch"]),
+                             opts["max_detections"], opts["batch"], opts["precision"]),
         caption=_caption_options(opts["no_caption"], opts["caption_model"], opts["caption_every"],
                                  opts["caption_interval"], opts["beam"], opts["device"]))
 
@@ -171,7 +174,8 @@ def file(
     stats_interval: StatsInterval = 10.0, on_stage_error: OnError = "skip",
     no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
     seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
-    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = None,
+    classes: Classes = None, device: Device = "auto", precision: Precision = "auto", max_detections: MaxDet = 100,
+    batch: Batch = None,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
     caption_interval: CapInterval = None, beam: Beam = 3, verbose: Verbose = False,
 ) -> None:
@@ -204,13 +208,15 @@ def live(
     out: Out = None, overwrite: Overwrite = False, codec: Codec = "auto", log: LogFile = None,
     log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1, drop: Drop = None,
     queue_size: QueueSize = 1, rtsp_transport: Transport = None, max_retries: MaxRetries = None,
-    open_timeout: OpenTimeout = 10.0, read_timeout: ReadTimeout = 5.0, watchdog: Watchdog = 10.0,
+    open_timeout: OpenTimeout = 10.0, read_timeout: ReadTimeout = 5.0, first_frame_timeout: FirstFrameTimeout = 30.0,
+    watchdog: Watchdog = 10.0,
     backoff_max: BackoffMax = 30.0,
     show: Show = False, stats: Stats = False, hud: Hud = False, stats_interval: StatsInterval = 10.0,
     on_stage_error: OnError = "skip",
     no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
     seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
-    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = None,
+    classes: Classes = None, device: Device = "auto", precision: Precision = "auto", max_detections: MaxDet = 100,
+    batch: Batch = None,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
     caption_interval: CapInterval = None, beam: Beam = 3, duration: Duration = None, verbose: Verbose = False,
 ) -> None:
@@ -231,7 +237,7 @@ def live(
     realtime = not (source.isdigit() or "://" in source)
     src = _source(source, kind="file" if realtime else None, realtime=realtime, drop=drop or "latest",
                   stride=stride, queue_size=queue_size, rtsp_transport=rtsp_transport, max_retries=max_retries, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
-                  watchdog_s=watchdog, backoff_max_s=backoff_max)
+                  first_frame_timeout_s=first_frame_timeout, watchdog_s=watchdog, backoff_max_s=backoff_max)
     _run(Job(command="live", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
              stats=stats, hud=hud, argv=sys.argv[1:], duration_s=duration,
              **_model_options(locals())))
@@ -243,12 +249,14 @@ def monitor(
     log: LogFile = None, log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1,
     drop: Drop = None, queue_size: QueueSize = 1, rtsp_transport: Transport = None,
     max_retries: MaxRetries = None, open_timeout: OpenTimeout = 10.0, read_timeout: ReadTimeout = 5.0,
+    first_frame_timeout: FirstFrameTimeout = 30.0,
     watchdog: Watchdog = 10.0, backoff_max: BackoffMax = 30.0, stats: Stats = False,
     stats_interval: StatsInterval = 10.0,
     on_stage_error: OnError = "skip",
     no_segment: NoSegment = False, seg_model: SegModel = "v1", seg_weights: SegWeights = None,
     seg_size: SegSize = None, score_threshold: Score = 0.5, mask_threshold: MaskThr = 0.5,
-    classes: Classes = None, device: Device = "auto", max_detections: MaxDet = 100, batch: Batch = None,
+    classes: Classes = None, device: Device = "auto", precision: Precision = "auto", max_detections: MaxDet = 100,
+    batch: Batch = None,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
     caption_interval: CapInterval = None, beam: Beam = 3, duration: Duration = None, verbose: Verbose = False,
 ) -> None:
@@ -268,7 +276,8 @@ def monitor(
         raise _fail("the same URL is given twice")
     sources = [_source(u, kind="webcam" if u.isdigit() else "stream", drop=drop, stride=stride,
                        queue_size=queue_size, rtsp_transport=rtsp_transport, max_retries=max_retries,
-                       open_timeout_s=open_timeout, read_timeout_s=read_timeout, watchdog_s=watchdog,
+                       open_timeout_s=open_timeout, read_timeout_s=read_timeout,
+                       first_frame_timeout_s=first_frame_timeout, watchdog_s=watchdog,
                        backoff_max_s=backoff_max)
                for u in urls]
     _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=sys.argv[1:], progress=False,

@@ -98,6 +98,7 @@ def segment_command(
     mask_threshold: float = typer.Option(0.5, "--mask-threshold", help="Mask probability above which a pixel is set."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Keep only these COCO classes, e.g. person,car."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16."),
     max_detections: int = typer.Option(100, "--max-detections", help="At most this many detections per image."),
 ) -> None:
     from streamcap.segment import SegmenterConfig, build_segmenter
@@ -111,6 +112,7 @@ def segment_command(
             classes=tuple(classes.split(",")) if classes else None,
             seg_size=seg_size,
             device=device,
+            precision=precision,
             max_detections=max_detections,
             masks=out is not None,  # masks are only needed for drawing
         )

@@ -178,3 +178,9 @@ def test_signal_leaves_playable_video_and_complete_log(tmp_path, sig, code, comm
     assert records[-1]["event"] == "end" and records[-1]["exit_code"] == code
     written = records[-1]["written"]
     assert written > 0 and probe_frames(out) == written
+
+
+def test_first_frame_timeout_must_be_positive():
+    r = run_cli("monitor", "rtsp://127.0.0.1:9/none", "--first-frame-timeout", "0", "--no-segment", "--no-caption")
+    assert r.returncode == 2 and "internal error" not in r.stderr
+    assert "--first-frame-timeout" in r.stderr

@@ -54,3 +54,23 @@ def test_bf16_runs_and_its_features_agree_with_fp32_on_a_real_photo():
     assert rel < 0.10, rel
     det = bf16.segment_images([image])[0]  # the whole bf16 path runs to pasted bool masks
     assert det.masks is not None and det.masks.dtype == bool and det.masks.shape[1:] == image.shape[:2]
+
+
+def test_precision_option_reaches_the_segmenter_and_bad_values_are_one_line_exit_2(tmp_path):
+    from conftest import run_cli
+
+    bad = run_cli("file", str(SAMPLES / "vtest_8s.mp4"), "--no-caption", "--seg-weights", "random",
+                  "--precision", "int8")
+    assert bad.returncode == 2
+    assert "--precision" in bad.stderr and "internal error" not in bad.stderr
+    log = tmp_path / "run.jsonl"
+    ok = run_cli("segment", str(SAMPLES / "dog.jpg"), "--seg-weights", "random", "--seg-size", "96",
+                 "--precision", "fp32", "--json")
+    assert ok.returncode == 0, ok.stderr
+    import json
+
+    run = run_cli("file", str(SAMPLES / "dog.jpg"), "--no-caption", "--seg-weights", "random", "--seg-size", "96",
+                  "--precision", "bf16", "--max-detections", "3", "--log", str(log))
+    assert run.returncode == 0, run.stderr
+    first = json.loads(log.read_text().splitlines()[0])
+    assert "precision bf16" in json.dumps(first)
