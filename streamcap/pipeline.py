@@ -207,6 +207,7 @@ class Pipeline:
         self._caption_latest: dict[str, Frame] = {}  # live: the newest processed frame per source
         self._source_state: dict[str, dict[str, Any]] = {r.cfg.name: {"status": "starting"} for r in self.readers}
         self._threads: list[threading.Thread] = []
+        self._rr_next = 0  # where the inference worker's next round-robin scan starts
         self._video_lock = threading.Lock()  # the writer's video.write and shutdown's close never overlap
         self._video_closed = False
         self._abandoned = threading.Event()  # set when shutdown stops waiting for the workers
@@ -285,7 +286,11 @@ class Pipeline:
         deadline = time.monotonic() + 0.05
         while pending and len(batch) < limit:
             got_any = False
-            for name, reader in list(pending.items()):
+            # Start each scan after the source served last: with batch 1 (the CPU default) a
+            # fixed order would hand every model call to the first camera that has a frame.
+            order = list(pending.items())
+            start = self._rr_next % len(order)
+            for name, reader in order[start:] + order[:start]:
                 try:
                     item = reader.queue.get_nowait()
                 except queue.Empty:
@@ -295,6 +300,7 @@ class Pipeline:
                     del pending[name]
                     continue
                 batch.append(item)
+                self._rr_next = (order.index((name, reader)) + 1) % len(order)
                 if len(batch) >= limit:
                     break
             if batch and (not got_any or time.monotonic() > deadline):

@@ -11,6 +11,7 @@ from streamcap.capture import SourceConfig
 from streamcap.errors import EXIT_OK, EXIT_STAGE_FAILED
 from streamcap.pipeline import Pipeline, PipelineConfig
 from streamcap.sinks import JsonlSink, VideoFileSink
+from streamcap.types import Frame
 
 
 def test_file_loses_nothing_and_keeps_order_with_batches(tmp_path):
@@ -231,3 +232,21 @@ def test_random_weights_are_marked_on_every_frame(tmp_path):
     p, results, images = _drawn_pipeline(tmp_path, SlowStage(0.0), hud=False)
     assert p.notice is None
     assert all((img[:20, -40:] == r.frame.image[:20, -40:]).all() for r, img in zip(results, images))
+
+
+def test_round_robin_serves_every_source_when_all_always_have_a_frame(tmp_path):
+    # Two live sources whose queues are never empty, a batch-1 model: each model call must go to
+    # the sources in turn (a fixed scan order starved the second camera of `monitor`).
+    a, b = write_video(tmp_path / "a.avi", n=4), write_video(tmp_path / "b.avi", n=4)
+    p = Pipeline([SourceConfig(str(a), name="a", drop="latest"), SourceConfig(str(b), name="b", drop="latest")],
+                 SlowStage(delay_s=0.0, batch_size=1))
+    pending = {r.cfg.name: r for r in p.readers}
+    image = np.zeros((8, 8, 3), np.uint8)
+    served = []
+    for i in range(6):
+        for r in p.readers:
+            while not r.queue.empty():
+                r.queue.get_nowait()
+            r.queue.put_nowait(Frame(r.cfg.name, i, i / 10, time.time(), image))
+        served.extend(f.source for f in p._next_batch(pending))
+    assert served == ["a", "b", "a", "b", "a", "b"]
