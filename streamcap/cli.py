@@ -78,6 +78,9 @@ CapModel = Annotated[Optional[Path], typer.Option("--caption-model", help="Capti
 CapEvery = Annotated[Optional[int], typer.Option("--caption-every", min=1, help="Caption every N processed frames.")]
 CapInterval = Annotated[Optional[float], typer.Option("--caption-interval", min=0.0, help="Caption every T seconds of stream time (default 2.0; 0: every processed frame).")]
 Beam = Annotated[int, typer.Option("--beam", min=1, help="Beam width for captions.")]
+SegEvery = Annotated[str, typer.Option("--seg-every", help="Run the segmenter on every Nth frame (keyframes) and carry its masks to the frames between with optical flow; auto: whenever it is free (live default). 1: every frame (file default, exact).")]
+NoTrack = Annotated[bool, typer.Option("--no-track", help="No tracking ids (no #id on the tags, no track_id in the log).")]
+MaxFps = Annotated[Optional[float], typer.Option("--max-fps", callback=_positive, help="With keyframes on a live source: draw and write at most this many frames a second.")]
 Duration = Annotated[Optional[float], typer.Option("--duration", callback=_positive, help="Stop after this many seconds.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log source events and warnings to stderr.")]
 
@@ -113,12 +116,30 @@ def _model_options(opts: dict) -> dict:
     """The pipeline, segment and caption parts of a Job from a command's parsed options."""
     return dict(
         pipeline=PipelineConfig(stats_interval_s=opts["stats_interval"], log_every=opts["log_every"],
-                                log_masks=opts["log_masks"], on_stage_error=opts["on_stage_error"]),
+                                log_masks=opts["log_masks"], on_stage_error=opts["on_stage_error"],
+                                seg_every=_seg_every(opts["seg_every"], opts["no_segment"]), track=not opts["no_track"],
+                                max_fps=opts.get("max_fps")),
         segment=_seg_options(opts["no_segment"], opts["seg_model"], opts["seg_weights"], opts["seg_size"],
                              opts["score_threshold"], opts["mask_threshold"], opts["classes"], opts["device"],
                              opts["max_detections"], opts["batch"], opts["precision"]),
         caption=_caption_options(opts["no_caption"], opts["caption_model"], opts["caption_every"],
                                  opts["caption_interval"], opts["beam"], opts["device"]))
+
+
+def _seg_every(value: str, no_segment: bool = False):
+    """--seg-every checked; 1 without a segmenter (no objects to carry)."""
+    from streamcap.keyframes import parse_seg_every
+
+    every = parse_seg_every(value)
+    return 1 if no_segment else every
+
+
+def _live_queue(queue_size, seg_every: str, no_segment: bool) -> int:
+    """Live default: one frame (newest wins) when every frame is segmented; with keyframes a few,
+    so that a short stall of the carry worker loses no frame."""
+    if queue_size is not None:
+        return queue_size
+    return 1 if _seg_every(seg_every, no_segment) == 1 else 8
 
 
 def _run(job) -> None:
@@ -177,7 +198,8 @@ def file(
     classes: Classes = None, device: Device = "auto", precision: Precision = "auto", max_detections: MaxDet = 100,
     batch: Batch = None,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
-    caption_interval: CapInterval = None, beam: Beam = 3, verbose: Verbose = False,
+    caption_interval: CapInterval = None, beam: Beam = 3, seg_every: SegEvery = "1", no_track: NoTrack = False,
+    verbose: Verbose = False,
 ) -> None:
     """Process a video file (or images) frame by frame; nothing is dropped.
 
@@ -188,6 +210,8 @@ def file(
       streamcap file input.mp4 --out annotated.mp4 --log captions.jsonl --seg-size 480
 
       streamcap file photos/ --out slideshow.mp4 --no-caption
+
+      streamcap file input.mp4 --out fast.mp4 --seg-every 4   (keyframes; same output every run)
     """
     from streamcap.runner import Job
 
@@ -207,7 +231,7 @@ def live(
     source: Annotated[str, typer.Option("--source", "-s", help="Webcam index (0), RTSP/RTMP/HTTP URL, or a file played in real time.")] = "0",
     out: Out = None, overwrite: Overwrite = False, codec: Codec = "auto", log: LogFile = None,
     log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1, drop: Drop = None,
-    queue_size: QueueSize = 1, rtsp_transport: Transport = None, max_retries: MaxRetries = None,
+    queue_size: QueueSize = None, rtsp_transport: Transport = None, max_retries: MaxRetries = None,
     open_timeout: OpenTimeout = 10.0, read_timeout: ReadTimeout = 5.0, first_frame_timeout: FirstFrameTimeout = 30.0,
     watchdog: Watchdog = 10.0,
     backoff_max: BackoffMax = 30.0,
@@ -218,7 +242,8 @@ def live(
     classes: Classes = None, device: Device = "auto", precision: Precision = "auto", max_detections: MaxDet = 100,
     batch: Batch = None,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
-    caption_interval: CapInterval = None, beam: Beam = 3, duration: Duration = None, verbose: Verbose = False,
+    caption_interval: CapInterval = None, beam: Beam = 3, seg_every: SegEvery = "auto", no_track: NoTrack = False,
+    max_fps: MaxFps = None, duration: Duration = None, verbose: Verbose = False,
 ) -> None:
     """Watch a live source with bounded latency: the newest frame wins, stale ones are dropped.
 
@@ -229,6 +254,9 @@ def live(
       streamcap live --source rtsp://camera/stream --out clip.mp4 --log events.jsonl --stats
 
     A file given as --source is played at its own frame rate, like a camera.
+    Every frame is drawn and written; the segmenter runs on the newest frame whenever it is free
+    and its masks are carried to the frames between (--seg-every 1: segment every frame, dropping
+    the frames it cannot keep up with).
     """
     from streamcap.runner import Job
 
@@ -236,7 +264,8 @@ def live(
     # A file given as a live source is played at its own frame rate and may drop frames.
     realtime = not (source.isdigit() or "://" in source)
     src = _source(source, kind="file" if realtime else None, realtime=realtime, drop=drop or "latest",
-                  stride=stride, queue_size=queue_size, rtsp_transport=rtsp_transport, max_retries=max_retries, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
+                  stride=stride, queue_size=_live_queue(queue_size, seg_every, no_segment), rtsp_transport=rtsp_transport,
+                  max_retries=max_retries, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
                   first_frame_timeout_s=first_frame_timeout, watchdog_s=watchdog, backoff_max_s=backoff_max)
     _run(Job(command="live", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
              stats=stats, hud=hud, argv=sys.argv[1:], duration_s=duration,
@@ -247,7 +276,7 @@ def live(
 def monitor(
     urls: Annotated[list[str], typer.Argument(help="One or more camera URLs (or webcam indexes).")],
     log: LogFile = None, log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1,
-    drop: Drop = None, queue_size: QueueSize = 1, rtsp_transport: Transport = None,
+    drop: Drop = None, queue_size: QueueSize = None, rtsp_transport: Transport = None,
     max_retries: MaxRetries = None, open_timeout: OpenTimeout = 10.0, read_timeout: ReadTimeout = 5.0,
     first_frame_timeout: FirstFrameTimeout = 30.0,
     watchdog: Watchdog = 10.0, backoff_max: BackoffMax = 30.0, stats: Stats = False,
@@ -258,7 +287,8 @@ def monitor(
     classes: Classes = None, device: Device = "auto", precision: Precision = "auto", max_detections: MaxDet = 100,
     batch: Batch = None,
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
-    caption_interval: CapInterval = None, beam: Beam = 3, duration: Duration = None, verbose: Verbose = False,
+    caption_interval: CapInterval = None, beam: Beam = 3, seg_every: SegEvery = "1", no_track: NoTrack = False,
+    max_fps: MaxFps = None, duration: Duration = None, verbose: Verbose = False,
 ) -> None:
     """Headless monitoring of several cameras in one process, logging to JSONL.
 
@@ -275,7 +305,8 @@ def monitor(
     if len(set(urls)) != len(urls):
         raise _fail("the same URL is given twice")
     sources = [_source(u, kind="webcam" if u.isdigit() else "stream", drop=drop, stride=stride,
-                       queue_size=queue_size, rtsp_transport=rtsp_transport, max_retries=max_retries,
+                       queue_size=_live_queue(queue_size, seg_every, no_segment), rtsp_transport=rtsp_transport,
+                       max_retries=max_retries,
                        open_timeout_s=open_timeout, read_timeout_s=read_timeout,
                        first_frame_timeout_s=first_frame_timeout, watchdog_s=watchdog,
                        backoff_max_s=backoff_max)

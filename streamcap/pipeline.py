@@ -27,17 +27,19 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from streamcap.capture import EOS, SourceConfig, SourceReader, redact_url
-from streamcap.errors import (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOURCE_FAILED, StageError,
-                              StreamcapError)
+from streamcap.errors import (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOURCE_FAILED, BadInputError,
+                              StageError, StreamcapError)
 from streamcap.sinks import JsonlSink, VideoFileSink, iso_time
 from streamcap.stages import CaptionStage, InferenceStage, NoOpStage
+from streamcap.keyframes import CarryWorker, KeyframeWorker, parse_seg_every
+from streamcap.tracking import DetectionTracker
 from streamcap.types import Caption, Detections, Frame, FrameResult
+from streamcap.writer import END, Writer
 
 log = logging.getLogger(__name__)
 
 STAGE_ERROR_POLICIES = ("skip", "stop")
 UNTRAINED_NOTICE = "untrained segmenter"  # drawn on every frame when the stage has random weights
-_END = object()  # the inference worker's end marker for the writer
 # A frame whose pixels barely vary (black, blank, the dark end of a fade) shows no scene: the
 # caption model can only invent one, so it is not captioned (the schedule waits for content).
 BLANK_STD = 4.0
@@ -58,6 +60,9 @@ class PipelineConfig:
     on_stage_error: str = "skip"  # skip the frame and count it, or stop the run
     max_consecutive_errors: int = 5  # "skip" gives up after this many failures in a row
     stop_grace_s: float = 3.0  # after a stop request, how long in-flight frames may take
+    seg_every: int | str = 1  # 1: the stage on every frame; N: keyframes 0, N, 2N...; "auto": when free
+    track: bool = True  # tracking ids per object (track_id in the log, #id on the tags)
+    max_fps: float | None = None  # keyframe mode, live sources: write at most this many frames a second
 
 
 @dataclass
@@ -67,6 +72,7 @@ class RunSummary:
     error: str | None = None
     frames_read: int = 0
     processed: int = 0
+    keyframes: int = 0  # frames the model ran on (every processed frame when seg_every is 1)
     written: int = 0
     dropped: int = 0
     stage_errors: int = 0
@@ -90,6 +96,8 @@ class Stats:
         self.written = 0
         self.stage_errors = 0
         self.captions = 0
+        self.keyframes = 0  # keyframe mode: frames the model finished
+        self.capped = 0  # keyframe mode: live frames left out by max_fps (counted as dropped)
         self.latency_ms: float | None = None  # exponential average of frame age at write
         self.latency_max_ms = 0.0
         self._t_start = time.monotonic()
@@ -102,6 +110,14 @@ class Stats:
     def add_stage_errors(self, n: int) -> None:
         with self._lock:
             self.stage_errors += n
+
+    def add_keyframes(self, n: int) -> None:
+        with self._lock:
+            self.keyframes += n
+
+    def add_capped(self) -> None:
+        with self._lock:
+            self.capped += 1
 
     def add_caption(self) -> None:
         with self._lock:
@@ -129,7 +145,8 @@ class Stats:
                 "frames_in": frames_in,
                 "processed": self.processed,
                 "written": self.written,
-                "dropped": sum(r.dropped for r in self._readers),
+                "dropped": sum(r.dropped for r in self._readers) + self.capped,
+                "keyframes": self.keyframes,
                 "stage_errors": self.stage_errors,
                 "frame_errors": sum(r.errors for r in self._readers),
                 "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
@@ -171,6 +188,9 @@ class Pipeline:
     ) -> None:
         if config.on_stage_error not in STAGE_ERROR_POLICIES:
             raise StreamcapError(f"unknown stage error policy {config.on_stage_error!r}")
+        self.seg_every = parse_seg_every(config.seg_every)
+        if config.max_fps is not None and not config.max_fps > 0:
+            raise BadInputError(f"--max-fps must be more than 0, got {config.max_fps}")
         self.config = config
         self.stage = stage or NoOpStage()
         self.captioner = captioner
@@ -207,7 +227,16 @@ class Pipeline:
         self._caption_latest: dict[str, Frame] = {}  # live: the newest processed frame per source
         self._source_state: dict[str, dict[str, Any]] = {r.cfg.name: {"status": "starting"} for r in self.readers}
         self._threads: list[threading.Thread] = []
-        self._rr_next = 0  # where the inference worker's next round-robin scan starts
+        self._rr_next = 0  # where the producer's next round-robin scan starts
+        self._seq: dict[str, int] = {}  # per source: the next result's sequence number for the writer
+        self._consecutive = 0  # stage failures in a row
+        # seg_every 1: one inference worker runs the stage on every frame. Otherwise the keyframe
+        # worker runs it on some frames and the carry worker carries their objects to every frame.
+        self.producer = "inference" if self.seg_every == 1 else "carry"
+        self.keyframes = KeyframeWorker(self) if self.producer == "carry" else None
+        self._carrier_worker = CarryWorker(self, self.keyframes, self.seg_every, track=config.track,
+                                           max_fps=config.max_fps) if self.keyframes else None
+        self.writer = Writer(self)
         self._video_lock = threading.Lock()  # the writer's video.write and shutdown's close never overlap
         self._video_closed = False
         self._abandoned = threading.Event()  # set when shutdown stops waiting for the workers
@@ -278,11 +307,15 @@ class Pipeline:
         except StreamcapError as err:
             self._fail(err)
 
-    # -- inference worker ----------------------------------------------------------------------
-    def _next_batch(self, pending: dict[str, SourceReader]) -> list[Frame]:
-        """Up to batch_size frames, round-robin over sources; waits briefly for the first."""
+    # -- producers: the every-frame inference worker, or the keyframe and carry workers -------------
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def next_frames(self, pending: dict[str, SourceReader], limit: int | None = None) -> list[Frame]:
+        """Up to ``limit`` (default: the stage's batch size) frames, round-robin over sources;
+        waits briefly for the first. A source whose reader ended is removed from ``pending``."""
         batch: list[Frame] = []
-        limit = max(1, int(getattr(self.stage, "batch_size", 1)))
+        limit = limit or max(1, int(getattr(self.stage, "batch_size", 1)))
         deadline = time.monotonic() + 0.05
         while pending and len(batch) < limit:
             got_any = False
@@ -311,44 +344,65 @@ class Pipeline:
                 time.sleep(0.002)
         return batch
 
+    def call_stage(self, frames: list[Frame]) -> list[Detections | None] | None:
+        """The stage's results for ``frames``, or None when it failed (logged and counted; the run
+        stops under ``--on-stage-error stop`` or after too many failures in a row)."""
+        try:
+            outputs = self.stage(frames)
+            if len(outputs) != len(frames):
+                raise RuntimeError(f"stage returned {len(outputs)} results for {len(frames)} frames")
+        except Exception as err:  # the documented policy: skip and count, or stop
+            self._consecutive += len(frames)
+            self.stats.add_stage_errors(len(frames))
+            message = redact_url(f"{type(err).__name__}: {err}")
+            log.warning("stage %s failed on %d frame(s): %s", self.stage.name, len(frames), message)
+            for f in frames:
+                self._log("stage_error", source=f.source, frame_index=f.index, stage=self.stage.name,
+                          message=message[:500])
+            if (self.config.on_stage_error == "stop"
+                    or self._consecutive >= self.config.max_consecutive_errors):
+                self._fail(StageError(f"stage {self.stage.name} failed: {message}"))
+            return None
+        self._consecutive = 0
+        return outputs
+
+    def emit(self, frame: Frame, det: Detections | None, extras: dict[str, Any]) -> bool:
+        """Attach the caption, queue the frame's result for the writer; False when stopping."""
+        self.stats.add_processed(1)
+        self._caption_frame(frame)
+        caption, new_caption = self._attach_caption(frame.source)
+        seq = self._seq.get(frame.source, 0)
+        self._seq[frame.source] = seq + 1
+        return self._put_result((frame.source, seq, FrameResult(frame, det, caption, new_caption, extras)))
+
     def _inference_worker(self) -> None:
+        """Every frame through the stage (``seg_every`` 1)."""
         pending = {r.cfg.name: r for r in self.readers}
-        seq: dict[str, int] = {name: 0 for name in pending}
-        consecutive = 0
+        trackers = {name: DetectionTracker() for name in pending} if self.config.track else {}
         try:
             while pending and not self._stop.is_set():
-                frames = self._next_batch(pending)
+                frames = self.next_frames(pending)
                 if not frames:
                     continue
-                try:
-                    outputs = self.stage(frames)
-                    if len(outputs) != len(frames):
-                        raise RuntimeError(f"stage returned {len(outputs)} results for {len(frames)} frames")
-                    consecutive = 0
-                except Exception as err:  # the documented policy: skip and count, or stop
-                    consecutive += len(frames)
-                    self.stats.add_stage_errors(len(frames))
-                    message = redact_url(f"{type(err).__name__}: {err}")
-                    log.warning("stage %s failed on %d frame(s): %s", self.stage.name, len(frames), message)
-                    for f in frames:
-                        self._log("stage_error", source=f.source, frame_index=f.index, stage=self.stage.name,
-                                  message=message[:500])
-                    if (self.config.on_stage_error == "stop"
-                            or consecutive >= self.config.max_consecutive_errors):
-                        self._fail(StageError(f"stage {self.stage.name} failed: {message}"))
+                outputs = self.call_stage(frames)
+                if outputs is None:
+                    if self._stop.is_set():
                         return
                     continue
-                self.stats.add_processed(len(frames))
                 for frame, det in zip(frames, outputs):
-                    self._caption_frame(frame)
-                    caption, new_caption = self._attach_caption(frame.source)
-                    result = FrameResult(frame, det, caption, new_caption)
-                    item = (frame.source, seq[frame.source], result)
-                    seq[frame.source] += 1
-                    if not self._put_result(item):
+                    extras: dict[str, Any] = {"keyframe": True}
+                    if frame.source in trackers and det is not None:
+                        extras["track_ids"] = trackers[frame.source].update(det, frame.image.shape[:2])
+                    if not self.emit(frame, det, extras):
                         return
         finally:
-            self._put_result(_END, force=True)
+            self._put_result(END, force=True)
+
+    def _carry_worker(self) -> None:
+        try:
+            self._carrier_worker.run()
+        finally:
+            self._put_result(END, force=True)
 
     def _put_result(self, item: Any, force: bool = False) -> bool:
         """Queue for the writer; after a stop request one more try (the writer ends by itself)."""
@@ -442,76 +496,6 @@ class Pipeline:
             if frame is not None:
                 self._run_caption(frame)
 
-    # -- writer --------------------------------------------------------------------------------
-    def _writer(self) -> None:
-        pending: dict[tuple[str, int], FrameResult] = {}
-        expected: dict[str, int] = {r.cfg.name: 0 for r in self.readers}
-        try:
-            while True:
-                try:
-                    item = self.results.get(timeout=0.1)
-                except queue.Empty:
-                    # Stopping: nothing more is coming once inference has ended (its end
-                    # marker may not have fit), or once the grace is over.
-                    if self._stop.is_set() and (self._past_grace() or (
-                            not self._worker_alive("inference") and self.results.empty())):
-                        break
-                    continue
-                if item is _END or self._abandoned.is_set():
-                    break
-                source, seq, result = item
-                pending[(source, seq)] = result
-                # Restore order explicitly: each source's results go out by sequence number.
-                while (source, expected[source]) in pending:
-                    self._write_one(pending.pop((source, expected[source])))
-                    expected[source] += 1
-            for key in sorted(pending):
-                if self._abandoned.is_set():
-                    break
-                self._write_one(pending.pop(key))
-        finally:
-            self._close_video()
-
-    def _write_one(self, result: FrameResult) -> None:
-        """Draw, write the video, count and log the frame, then the callbacks (so a callback
-        that never returns leaves every frame in the video counted and logged)."""
-        if self._abandoned.is_set():  # shutdown gave up on this thread: no more output or callbacks
-            return
-        frame = result.frame
-        needs_image = self.video is not None or self.display or self.on_frame is not None
-        image = frame.image
-        if needs_image and self.renderer is not None:
-            image = self.renderer.annotate(frame.image, result, self.last_stats if self.hud else None,
-                                           notice=self.notice)
-        if self.video is not None:
-            with self._video_lock:
-                if self._video_closed:  # closed by shutdown after the stop grace: nothing more goes in
-                    return
-                self.video.write(image, frame.pts_s)
-            if self._abandoned.is_set():  # an encoder that returned after the grace: the run is over
-                return
-        latency_ms = (time.monotonic() - frame.mono_ts) * 1000.0
-        self.stats.add_written(latency_ms)
-        every = self.config.log_every
-        if self.log_sink is not None and every > 0 and self.stats.written % every == 0:
-            det = result.detections
-            summary = None
-            if det is not None and self.summarize is not None:
-                summary = self.summarize(det)
-            self._log("frame", source=frame.source, frame_index=frame.index, pts_s=round(frame.pts_s, 3),
-                      frame_time=iso_time(frame.wall_ts), latency_ms=round(latency_ms, 1),
-                      detections=summary, caption=result.caption.text if result.caption else None)
-        if self.display:
-            try:
-                self.display_slot.get_nowait()
-            except queue.Empty:
-                pass
-            self.display_slot.put_nowait(image)
-        if self.on_frame is not None:
-            self.on_frame(result, image)
-        if self.on_result is not None:
-            self.on_result(result)
-
     # -- supervision ---------------------------------------------------------------------------
     def start(self) -> None:
         # Stage-wide settings (torch's thread count) are set once, here, before any worker
@@ -523,8 +507,12 @@ class Pipeline:
         self._last_snapshot = time.monotonic()
         for r in self.readers:
             r.start()
-        self._spawn("inference", self._inference_worker)
-        self._spawn("writer", self._writer)
+        if self.keyframes is None:
+            self._spawn("inference", self._inference_worker)
+        else:
+            self._spawn("keyframes", self.keyframes.run)
+            self._spawn("carry", self._carry_worker)
+        self._spawn("writer", self.writer.run)
         if self.captioner is not None and not self._caption_sync:
             self._spawn("caption", self._caption_worker)
 
@@ -583,6 +571,8 @@ class Pipeline:
         self._stop.set()
         with self._caption_cv:
             self._caption_cv.notify_all()
+        if self.keyframes is not None:
+            self.keyframes.wake()
         try:
             for r in self.readers:
                 r.stop()
@@ -632,6 +622,7 @@ class Pipeline:
         s.elapsed_s = round(elapsed, 3)
         s.frames_read = snap["frames_in"]
         s.processed = snap["processed"]
+        s.keyframes = snap["keyframes"] if self.keyframes is not None else snap["processed"]
         s.written = snap["written"]
         s.dropped = snap["dropped"]
         s.stage_errors = snap["stage_errors"]
@@ -661,6 +652,6 @@ class Pipeline:
             if partial is not None:
                 s.output, s.output_partial = str(partial), True
         self._log("end", reason=s.reason, exit_code=s.exit_code, error=s.error, frames_read=s.frames_read,
-                  processed=s.processed, written=s.written, dropped=s.dropped, stage_errors=s.stage_errors,
+                  processed=s.processed, keyframes=s.keyframes, written=s.written, dropped=s.dropped, stage_errors=s.stage_errors,
                   frame_errors=s.frame_errors, elapsed_s=s.elapsed_s, output=s.output,
                   output_partial=s.output_partial, encoder=s.encoder, sources=s.sources)

@@ -146,7 +146,7 @@ class Renderer:
             if self.show_boxes:
                 self.draw_boxes(out, det)
             if self.show_labels:
-                self.draw_labels(out, det)
+                self.draw_labels(out, det, result.extras.get("track_ids"))
         if self.banner:
             self.draw_banner(out, result.caption.text if result.caption is not None else "")
         if self.hud and stats:
@@ -191,12 +191,16 @@ class Renderer:
             x1, y1, x2, y2 = (int(round(float(v))) for v in box)
             cv2.rectangle(img, (x1, y1), (x2, y2), class_color(int(cls), self.palette), self.line_width)
 
-    def _label_text(self, det: Detections, i: int) -> str:
+    def _label_text(self, det: Detections, i: int, track_ids: Sequence[int] | None = None) -> str:
         name = det.class_names[i]
+        if track_ids is not None and i < len(track_ids):
+            name = f"#{int(track_ids[i])} {name}"
         return f"{name} {float(det.scores[i]):.2f}" if self.show_scores else name
 
-    def draw_labels(self, img: np.ndarray, det: Detections) -> list[tuple[int, int, int, int]]:
+    def draw_labels(self, img: np.ndarray, det: Detections,
+                    track_ids: Sequence[int] | None = None) -> list[tuple[int, int, int, int]]:
         """Label tags inside the image and above the banner; greedy, best score first.
+        ``track_ids`` (one per detection): each tag starts with its object's id, ``#7 person``.
 
         Each tag tries, in order: above the box, inside its top-left, below it, inside its
         bottom-left; the first spot that overlaps no placed tag wins (else the first spot).
@@ -206,7 +210,7 @@ class Renderer:
         bottom = max(1, h - self.banner_height())
         placed: list[tuple[int, int, int, int]] = []
         for i in np.argsort(-det.scores, kind="stable"):
-            text = self._label_text(det, int(i))
+            text = self._label_text(det, int(i), track_ids)
             (tw, th), base = cv2.getTextSize(text, FONT, self.font_scale, self.thickness)
             tag_w, tag_h = tw + 6, th + base + 4
             x1, y1, x2, y2 = (int(round(float(v))) for v in det.boxes[i])

@@ -21,7 +21,7 @@ from streamcap.errors import BadInputError, StageError
 
 log = logging.getLogger(__name__)
 
-JSONL_SCHEMA_VERSION = 1
+JSONL_SCHEMA_VERSION = 2
 VIDEO_CODECS = ("auto", "h264", "mp4v")
 MP4_FRAGMENT_OPTIONS = {"movflags": "+frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000"}
 # Containers --out may name. H.264 goes in the MP4 family (written fragmented, see _open_pyav) and

@@ -248,5 +248,5 @@ def test_round_robin_serves_every_source_when_all_always_have_a_frame(tmp_path):
             while not r.queue.empty():
                 r.queue.get_nowait()
             r.queue.put_nowait(Frame(r.cfg.name, i, i / 10, time.time(), image))
-        served.extend(f.source for f in p._next_batch(pending))
+        served.extend(f.source for f in p.next_frames(pending))
     assert served == ["a", "b", "a", "b", "a", "b"]
