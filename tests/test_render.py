@@ -123,3 +123,18 @@ def test_notice_tags_the_top_right_corner_only():
     assert len(changed) and changed[:, 0].max() < 30 and changed[:, 1].max() == W - 1  # a top-right band
     assert tuple(tagged[2, W - 2]) == (0, 191, 255)  # the amber tag
     assert (plain == image).all()
+
+
+def test_track_ids_lead_the_label_tags():
+    r = Renderer(banner=False, hud=False)
+    det = _det()
+    assert r._label_text(det, 2, [4, 5, 9]) == "#9 car 0.70"
+    assert r._label_text(det, 2) == "car 0.70"
+    image = np.zeros((H, W, 3), np.uint8)
+    with_ids = r.annotate(image, FrameResult(Frame("t", 0, 0.0, 0.0, image), det, extras={"track_ids": [4, 5, 9]}))
+    without = r.annotate(image, _result(image, det))
+    assert not np.array_equal(with_ids, without)  # the tags differ, nothing else does
+    masks_and_boxes = Renderer(show_labels=False, banner=False, hud=False)
+    assert np.array_equal(masks_and_boxes.annotate(image, _result(image, det)),
+                          masks_and_boxes.annotate(image, FrameResult(Frame("t", 0, 0.0, 0.0, image), det,
+                                                                      extras={"track_ids": [4, 5, 9]})))
