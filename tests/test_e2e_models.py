@@ -112,10 +112,6 @@ def test_live_file_source_runs_captions_on_their_own_worker(tmp_path, scene_clip
     assert all(r["caption"] in SENTENCES | {None} for r in frames)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug (pipeline.py Pipeline._next_batch): with batch 1 every batch starts from the first "
-    "source, so while camera 1 always has a frame queued (any model slower than its frame rate) "
-    "camera 2 is read but never processed: 0 frame and caption records for it"))
 def test_monitor_two_cameras_with_both_models(tmp_path, stream_clip, tiny_caption, rtsp_server):
     cams = [rtsp_server(stream_clip, mount=f"cam{i}", size=tm.CLIP_SIZE).start() for i in (1, 2)]
     log = tmp_path / "monitor.jsonl"
