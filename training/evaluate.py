@@ -106,7 +106,7 @@ def write_samples(path: Path, images_dir: Path, names, rows: dict[str, list], re
 def evaluate(args) -> dict:
     from streamcap.caption.checkpoint import load_checkpoint
     from training.baselines import best_constant, constant_candidates, nearest_neighbour
-    from training.features import build_cache
+    from training.features import build_cache, weights_tag
     from training.metrics import CiderD, bleu
 
     old = torch.get_num_threads()
@@ -134,15 +134,18 @@ def evaluate(args) -> dict:
         else:
             train_names = [n for n in present if n not in eval_set]
         refs = [[clean(c) for c in data.captions[n]] for n in eval_names]
+        # A fine-tuned checkpoint carries its encoder's weights: its features come from them
+        # (cached under their hash), never from the pretrained encoder of the same name.
         cache = build_cache(sorted(eval_set | set(train_names if not args.no_baselines else ())),
                             args.images, args.cache_dir, ck.encoder_name, ck.input_size,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, encoder_state=ck.encoder_state)
         feats = cache.rows(eval_names)  # (N, L, C) float16
         if feats.shape[2] != ck.decoder.cfg.feature_dim:
             raise BadInputError(f"{args.model}: decoder takes {ck.decoder.cfg.feature_dim} channels, "
                                 f"encoder {ck.encoder_name} gives {feats.shape[2]}")
         cider = CiderD(refs)
-        result = {"model": str(args.model), "encoder": ck.encoder_name, "images": len(eval_names),
+        result = {"model": str(args.model), "encoder": ck.encoder_name,
+                  "encoder_weights": weights_tag(ck.encoder_state) or "pretrained", "images": len(eval_names),
                   "references_per_image": round(float(np.mean([len(r) for r in refs])), 2),
                   "split_file": str(args.split_file) if args.split_file else None,
                   "tokenization": "streamcap.caption.vocab.tokenize (lowercase alphanumeric)",

@@ -3,7 +3,9 @@
 Layout of one cache (under --cache-dir): ``<key>.f16`` holds float16 (N, L, C) features
 (L = h*w regions, C channels) in the order of ``<key>.json``'s "images"; the JSON also
 records how many rows are done, so an interrupted extraction resumes where it stopped.
-The key hashes the encoder name, input size, flip flag and the image list.
+The key hashes the encoder name, input size, flip flag and the image list, and, for an encoder
+whose weights were fine-tuned (a checkpoint's ``encoder_state``), a hash of those weights: the
+features of a fine-tuned encoder never mix with the pretrained encoder's.
 """
 
 from __future__ import annotations
@@ -20,9 +22,26 @@ import torch
 from streamcap.errors import BadInputError
 
 
-def cache_key(encoder_name: str, size: int, images: Sequence[str], flip: bool) -> str:
+def weights_tag(state: dict[str, torch.Tensor] | None) -> str | None:
+    """A short hash of an encoder's weights (None for the pretrained encoder)."""
+    if state is None:
+        return None
+    h = hashlib.sha1()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode("utf-8"))
+        h.update(str(t.dtype).encode("ascii"))
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _encoder_part(encoder_name: str, tag: str | None) -> str:
+    return encoder_name if tag is None else f"{encoder_name}-ft{tag}"
+
+
+def cache_key(encoder_name: str, size: int, images: Sequence[str], flip: bool, tag: str | None = None) -> str:
     h = hashlib.sha1("\n".join(images).encode("utf-8")).hexdigest()[:12]
-    return f"{encoder_name}_{size}{'_flip' if flip else ''}_{len(images)}_{h}"
+    return f"{_encoder_part(encoder_name, tag)}_{size}{'_flip' if flip else ''}_{len(images)}_{h}"
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -70,19 +89,26 @@ def build_cache(
     encoder=None,
     progress: bool = True,
     threads: int | None = None,
+    encoder_state: dict[str, torch.Tensor] | None = None,
 ) -> FeatureCache:
-    """Encode ``images`` (names under ``images_dir``) once; reuse or resume an existing cache."""
+    """Encode ``images`` (names under ``images_dir``) once; reuse or resume an existing cache.
+
+    ``encoder_state``: fine-tuned weights for the encoder (a checkpoint's ``encoder_state``);
+    the features are then computed with them and cached under a key that includes their hash.
+    Without it the pretrained ``encoder_name`` is used (a given ``encoder`` must be that one).
+    """
     from streamcap.caption.encoder import build_encoder, preprocess
 
     images = list(images)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(encoder_name, size, images, flip)
+    tag = weights_tag(encoder_state)
+    key = cache_key(encoder_name, size, images, flip, tag)
     data_path, meta_path = cache_dir / f"{key}.f16", cache_dir / f"{key}.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
     if meta is not None and meta.get("done", 0) >= len(images) and data_path.is_file():
         return FeatureCache(data_path, meta)
-    found = find_superset(cache_dir, encoder_name, size, flip, images)
+    found = find_superset(cache_dir, encoder_name, size, flip, images, tag)
     if found is not None:
         return found
 
@@ -91,7 +117,9 @@ def build_cache(
         torch.set_num_threads(threads)
     try:
         if encoder is None:
-            encoder = build_encoder(encoder_name)
+            encoder = build_encoder(encoder_name, pretrained=encoder_state is None)
+            if encoder_state is not None:
+                encoder.load_state_dict(encoder_state)
         encoder = encoder.eval()
         with torch.inference_mode():
             probe = encoder(torch.zeros(1, 3, size, size))  # (1, C, h, w)
@@ -99,7 +127,7 @@ def build_cache(
         shape = (len(images), h * w, c)
         if meta is None or tuple(meta["shape"]) != shape or not data_path.is_file():
             meta = {"images": images, "shape": list(shape), "encoder": encoder_name,
-                    "size": size, "flip": flip, "done": 0, "dtype": "float16"}
+                    "weights": tag or "pretrained", "size": size, "flip": flip, "done": 0, "dtype": "float16"}
             np.memmap(data_path, dtype=np.float16, mode="w+", shape=shape).flush()
         data = np.memmap(data_path, dtype=np.float16, mode="r+", shape=shape)
         start, t0 = meta["done"], time.time()
@@ -130,15 +158,17 @@ def build_cache(
 
 
 def find_superset(cache_dir: Path, encoder_name: str, size: int, flip: bool,
-                  images: Sequence[str]) -> FeatureCache | None:
-    """A finished cache (same encoder, size, flip) that holds every one of ``images``."""
+                  images: Sequence[str], tag: str | None = None) -> FeatureCache | None:
+    """A finished cache (same encoder and weights, size, flip) that holds every one of ``images``."""
     want = set(images)
-    for meta_path in sorted(Path(cache_dir).glob(f"{encoder_name}_{size}{'_flip' if flip else ''}_*.json")):
+    prefix = f"{_encoder_part(encoder_name, tag)}_{size}{'_flip' if flip else ''}_"
+    for meta_path in sorted(Path(cache_dir).glob(f"{prefix}*.json")):
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             continue
-        if (meta.get("flip") != flip or meta.get("done", 0) < len(meta.get("images", ()))
+        if (meta.get("flip") != flip or meta.get("weights", "pretrained") != (tag or "pretrained")
+                or meta.get("done", 0) < len(meta.get("images", ()))
                 or not want <= set(meta["images"])):
             continue
         data_path = meta_path.with_suffix(".f16")
