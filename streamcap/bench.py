@@ -316,6 +316,9 @@ def register(app: typer.Typer) -> None:
         seg_frames: Annotated[int, typer.Option("--seg-frames", min=1, help="Frames for the segmenter measurement.")] = 20,
         device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:i].")] = "auto",
         batch: Annotated[Optional[int], typer.Option("--batch", min=1, help="Frames per model call.")] = None,
+        live: Annotated[bool, typer.Option("--live", help="Also measure `streamcap live` on a 24 fps clip (720x528 or larger, made from the input) played at its own pace: keyframes (--seg-every auto) beside every frame segmented (Mask R-CNN with --seg-weights, default random).")] = False,
+        live_seconds: Annotated[float, typer.Option("--live-seconds", min=0.5, help="Length of the live clip.")] = 10.0,
+        max_detections: Annotated[int, typer.Option("--max-detections", min=1, help="At most this many objects per frame (random weights give this many, all meaningless).")] = 100,
     ) -> None:
         """Measure throughput and memory as ratios of equal work: raw OpenCV against `streamcap
         file`, the bare model against `streamcap file` with the model; warm-up, repeats, spread.
@@ -325,6 +328,8 @@ def register(app: typer.Typer) -> None:
           streamcap bench --json
 
           streamcap bench --no-engine --seg-weights random --seg-size 512 --seg-frames 10
+
+          streamcap bench --no-engine --live --seg-weights random --seg-size 512
         """
         console = Console(stderr=True)
         try:
@@ -352,9 +357,18 @@ def register(app: typer.Typer) -> None:
                         report["engine"] = bench_engine(path, work, codec, rss, repeats, warmup)
                 if seg_weights is not None:
                     seg = dict(model=seg_model, weights=None if seg_weights == "default" else seg_weights,
-                               seg_size=seg_size, device=device, batch=batch)
+                               seg_size=seg_size, device=device, batch=batch, max_detections=max_detections)
                     with console.status(f"segmenter: {seg_frames} frames"):
                         report["segment"] = bench_segment(path, work, seg, seg_frames, codec, repeats, warmup)
+                if live:
+                    from streamcap.bench_live import bench_live
+
+                    seg = dict(model=seg_model, weights="random" if seg_weights is None else (
+                        None if seg_weights == "default" else seg_weights), seg_size=seg_size, device=device,
+                        batch=batch, max_detections=max_detections)
+                    with console.status(f"live: {live_seconds:g} s clip, keyframes and every frame"):
+                        report["live"] = bench_live(path, work, seg, live_seconds, codec, repeats, warmup,
+                                                    repeat, spread)
             except BadInputError as err:
                 console.print(f"streamcap: error: {err}", style="red", markup=False)
                 raise typer.Exit(err.exit_code) from None
@@ -400,3 +414,17 @@ def _print_tables(report: dict[str, Any]) -> None:
         console.print(t)
         console.print(f"model only {_fmt(seg['model_only_fps'], 3)} fps; file {_fmt(seg['file_fps'], 3)} fps; "
                       f"ratio {_fmt(seg['file_vs_model_only'], 3)} (target >= 0.90)")
+    live = report.get("live")
+    if live:
+        clip = live["clip"]
+        t = Table(title=f"live, {clip['size'][0]}x{clip['size'][1]} at {clip['fps']:g} fps, {clip['seconds']:g} s; "
+                        f"{live['segmenter']}")
+        t.add_column("seg-every")
+        for key in ("written / read", "keyframes / s", "latency median ms", "latency p95 ms"):
+            t.add_column(key, justify="right")
+        for name in ("keyframes", "every_frame"):
+            a = live[name]
+            t.add_row(str(a["seg_every"]), _fmt(a["written_vs_read"], 3), _fmt(a["keyframes_per_s"], 2),
+                      _fmt(a["latency_median_ms"]), _fmt(a["latency_p95_ms"]))
+        console.print(t)
+        console.print("targets with keyframes: written / read >= 0.95, keyframes / s >= 0.67, p95 latency <= 150 ms")

@@ -92,12 +92,16 @@ class Carrier:
         """Id of the newest frame seen (given to step/keyframe), or None before the first."""
         return self._history[-1][0] if self._history else None
 
-    def keyframe(self, image: np.ndarray, masks, frame: Optional[int] = None) -> list[Optional[np.ndarray]]:
+    def keyframe(self, image: np.ndarray, masks, frame: Optional[int] = None,
+                 max_steps: Optional[int] = None) -> list[Optional[np.ndarray]]:
         """Start carrying `masks` (one HxW array per object, nonzero = object) found on `image`.
 
         `frame` None: `image` is a new frame (the newest). `frame` = the id of a frame already given
         to `step`: the result arrived late; the masks are carried forward through the frames seen
-        since, and the returned masks are those of the newest frame.
+        since, and the returned masks are those of the newest frame. `max_steps`: carry forward
+        through at most this many of those frames, evenly spaced, always ending on the newest (the
+        flow is measured back to the keyframe each time, so skipping frames loses little and a
+        live caller catching up on a late result is not held up for one flow per frame).
         """
         masks = _as_masks(masks, image.shape[:2])
         late = frame is not None and self._history and frame <= self._history[-1][0]
@@ -114,6 +118,9 @@ class Carrier:
             small, grey = self._prepare(image)
             self._remember(frame, small, grey)
             since = []
+        if max_steps is not None and len(since) > max(1, max_steps):
+            keep = np.unique(np.round(np.linspace(0, len(since) - 1, max(1, max_steps))).astype(int))
+            since = [since[i] for i in keep]
         self._start(image.shape[1::-1], small, grey, masks)
         out = self._full_masks(self._carried_small()) if not since else None
         for _, s, g in since:

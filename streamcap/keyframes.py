@@ -31,10 +31,14 @@ import numpy as np
 from streamcap.carry import Carrier, CarryConfig
 from streamcap.errors import BadInputError
 from streamcap.tracking import Tracker, box_masks
-from streamcap.types import Detections, Frame, FrameResult
+from streamcap.types import Detections, Frame
 
 AUTO = "auto"
 LIVE_HISTORY = 128  # frames a live carrier keeps for late keyframes (5 s at 25 fps)
+# A late live result is carried forward through at most this many of the frames seen since (evenly
+# spaced): the carry worker catches up in about 8 flows, not one per frame (38 at 24 fps for a 1.6 s
+# model), so the frames behind it are not held up.
+LIVE_CATCHUP_STEPS = 8
 
 
 def parse_seg_every(value: Any) -> int | str:
@@ -75,14 +79,14 @@ class SourceTracks:
         self.masks = self.carrier.step(image, frame=seq)
         return self.carried(image.shape[:2])
 
-    def keyframe(self, image: np.ndarray, det: Detections, seq: int) -> None:
+    def keyframe(self, image: np.ndarray, det: Detections, seq: int, max_steps: Optional[int] = None) -> None:
         """Start carrying ``det`` found on frame ``seq`` (the newest frame or an earlier one);
         tracks are matched on the newest frame."""
         det = _sorted(det)
         masks = det.masks if det.masks is not None else box_masks(det.boxes, image.shape[:2])
         prev = [(m, int(self.key.labels[i]), int(self.ids[i])) for i, m in enumerate(self.masks)
                 if m is not None] if self.key is not None and self.ids is not None else []
-        self.masks = self.carrier.keyframe(image, list(masks), frame=seq)
+        self.masks = self.carrier.keyframe(image, list(masks), frame=seq, max_steps=max_steps)
         self.key = det
         if self.tracker is None:
             return
@@ -251,7 +255,7 @@ class CarryWorker:
         else:
             for k, kframe, kdet in self.keyframes.take(name):
                 if kdet is not None:
-                    state.keyframe(kframe.image, kdet, k)
+                    state.keyframe(kframe.image, kdet, k, max_steps=LIVE_CATCHUP_STEPS)
             det, ids = state.step(frame.image, seq)
             if (self.keyframes.idle() if self.every == AUTO else seq % self.every == 0):
                 self.keyframes.submit(name, seq, frame)

@@ -1,17 +1,18 @@
-"""The engine: readers -> bounded queue -> inference worker -> bounded queue -> writer -> sinks.
+"""The engine's supervisor: readers -> producer -> writer -> sinks, one shutdown path.
 
-Threads: one reader per source (capture.py), one inference worker (batches frames, runs the
-stage, runs the caption model when its schedule is due), one caption worker for live sources
-(so captions never stall segmentation), one writer (restores order by frame sequence, draws,
-writes the video and the log). The caller's thread supervises: watchdog, statistics, window,
-signals. Shutdown is one path for every cause: set the stop event, let each worker finish its
-current item, pass one end marker downstream, close the sinks in ``finally``; whatever has not
-finished ``stop_grace_s`` after the stop request is abandoned (daemon threads), so a callback
-or encoder that never returns cannot hold the run.
+Threads: one reader per source (capture.py); one producer: the inference worker here (the stage
+on every frame, ``seg_every`` 1) or the keyframe and carry workers (keyframes.py: the stage on
+some frames, masks carried to every frame); a caption worker for live sources (captioning.py); one
+writer (writer.py: restores order, draws, writes the video and the log). Every producer hands the
+writer the same record, ``(source, seq, FrameResult)``. The caller's thread supervises: watchdog,
+statistics, window, signals. Shutdown is one path for every cause: set the stop event, let each
+worker finish its current item, pass one end marker downstream, close the sinks in ``finally``;
+whatever has not finished ``stop_grace_s`` after the stop request is abandoned (daemon threads),
+so a callback or encoder that never returns cannot hold the run.
 
-A worker that raises (reader, inference, caption, writer) goes through ``_worker_failed``, the
-one place that turns an exception into the run's error: a ``stage_error`` record naming the
-worker, the summary's and the ``end`` record's error, and the exit code.
+A worker that raises (reader, inference, keyframes, carry, caption, writer) goes through
+``_worker_failed``, the one place that turns an exception into the run's error: a ``stage_error``
+record naming the worker, the summary's and the ``end`` record's error, and the exit code.
 """
 
 from __future__ import annotations
@@ -26,28 +27,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from streamcap.captioning import Captions
 from streamcap.capture import EOS, SourceConfig, SourceReader, redact_url
 from streamcap.errors import (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOURCE_FAILED, BadInputError,
                               StageError, StreamcapError)
+from streamcap.keyframes import CarryWorker, KeyframeWorker, parse_seg_every
 from streamcap.sinks import JsonlSink, VideoFileSink, iso_time
 from streamcap.stages import CaptionStage, InferenceStage, NoOpStage
-from streamcap.keyframes import CarryWorker, KeyframeWorker, parse_seg_every
 from streamcap.tracking import DetectionTracker
-from streamcap.types import Caption, Detections, Frame, FrameResult
+from streamcap.types import Detections, Frame, FrameResult
 from streamcap.writer import END, Writer
 
 log = logging.getLogger(__name__)
 
 STAGE_ERROR_POLICIES = ("skip", "stop")
 UNTRAINED_NOTICE = "untrained segmenter"  # drawn on every frame when the stage has random weights
-# A frame whose pixels barely vary (black, blank, the dark end of a fade) shows no scene: the
-# caption model can only invent one, so it is not captioned (the schedule waits for content).
-BLANK_STD = 4.0
-
-
-def has_content(image: np.ndarray) -> bool:
-    """False for a near-uniform frame (standard deviation of a subsample under BLANK_STD grey levels)."""
-    return float(image[::8, ::8].std()) >= BLANK_STD
 
 
 @dataclass(frozen=True)
@@ -214,17 +208,7 @@ class Pipeline:
         self._reason: str | None = None
         self._fatal: StreamcapError | None = None
         self._lock = threading.Lock()
-        self._captions: dict[str, Caption] = {}  # the latest caption per source
-        self._attached: dict[str, Caption | None] = {}  # the caption the last processed frame carried
-        # Still images are separate scenes: each is captioned, nothing is smoothed across them.
-        self._stills = {r.cfg.name for r in self.readers if r.cfg.kind == "images"}
-        video_sources = [r.cfg.name for r in self.readers if r.cfg.name not in self._stills]
-        self._schedules = {name: schedule_factory() for name in video_sources} if schedule_factory else {}
-        self._smoothers = {name: smoother_factory() for name in video_sources} if smoother_factory else {}
-        self._caption_sync = all(r.cfg.drop == "block" for r in self.readers)
-        self._caption_failures = 0  # consecutive captioner failures
-        self._caption_cv = threading.Condition()
-        self._caption_latest: dict[str, Frame] = {}  # live: the newest processed frame per source
+        self.captions = Captions(self, captioner, schedule_factory, smoother_factory)
         self._source_state: dict[str, dict[str, Any]] = {r.cfg.name: {"status": "starting"} for r in self.readers}
         self._threads: list[threading.Thread] = []
         self._rr_next = 0  # where the producer's next round-robin scan starts
@@ -369,8 +353,8 @@ class Pipeline:
     def emit(self, frame: Frame, det: Detections | None, extras: dict[str, Any]) -> bool:
         """Attach the caption, queue the frame's result for the writer; False when stopping."""
         self.stats.add_processed(1)
-        self._caption_frame(frame)
-        caption, new_caption = self._attach_caption(frame.source)
+        self.captions.offer(frame)
+        caption, new_caption = self.captions.attach(frame.source)
         seq = self._seq.get(frame.source, 0)
         self._seq[frame.source] = seq + 1
         return self._put_result((frame.source, seq, FrameResult(frame, det, caption, new_caption, extras)))
@@ -389,6 +373,7 @@ class Pipeline:
                     if self._stop.is_set():
                         return
                     continue
+                self.stats.add_keyframes(len(frames))
                 for frame, det in zip(frames, outputs):
                     extras: dict[str, Any] = {"keyframe": True}
                     if frame.source in trackers and det is not None:
@@ -417,85 +402,6 @@ class Pipeline:
     def _past_grace(self) -> bool:
         return self._stop_at is not None and time.monotonic() - self._stop_at > self.config.stop_grace_s
 
-    # -- captions ------------------------------------------------------------------------------
-    def _caption_frame(self, frame: Frame) -> None:
-        """Files: caption here when due (deterministic). Live: offer the frame to the caption
-        worker, which takes the newest one when it is free."""
-        if self.captioner is None:
-            return
-        if self._caption_sync:
-            if self._caption_due(frame):
-                self._run_caption(frame)
-            return
-        with self._caption_cv:
-            self._caption_latest[frame.source] = frame
-            self._caption_cv.notify()
-
-    def _caption_due(self, frame: Frame) -> bool:
-        """Called only for frames that will be captioned at once, so the schedule counts those."""
-        if frame.source in self._stills:
-            return True  # each image is its own scene
-        if not has_content(frame.image):
-            return False
-        schedule = self._schedules.get(frame.source)
-        return schedule is None or schedule.due(frame.index, frame.pts_s)
-
-    def _attach_caption(self, source: str) -> tuple[Caption | None, bool]:
-        """The caption a processed frame carries, and whether the shown text changed with it
-        (true on the first frame that carries a changed caption, on either path)."""
-        caption = self._captions.get(source)
-        new = caption is not None and caption is not self._attached.get(source) and caption.changed
-        self._attached[source] = caption
-        return caption, new
-
-    def _run_caption(self, frame: Frame) -> None:
-        try:
-            raw, score = self.captioner(frame)
-        except Exception as err:  # the documented stage policy, as for the inference stage
-            self._caption_failures += 1
-            self.stats.add_stage_errors(1)
-            message = redact_url(f"{type(err).__name__}: {err}")
-            log.warning("captioner failed on frame %d of %s: %s", frame.index, frame.source, message)
-            self._log("stage_error", source=frame.source, frame_index=frame.index, stage="caption",
-                      message=message[:500])
-            if (self.config.on_stage_error == "stop"
-                    or self._caption_failures >= self.config.max_consecutive_errors):
-                self._fail(StageError(f"captioner failed: {message}"))
-            return
-        self._caption_failures = 0
-        smoother = self._smoothers.get(frame.source)
-        prev = self._captions.get(frame.source)
-        if smoother is None:
-            shown, changed = raw, prev is None or raw != prev.text
-        else:
-            shown, changed = smoother.update(raw, score, frame.pts_s)
-        caption = Caption(shown, raw, float(score), frame.index, changed)
-        self._captions[frame.source] = caption
-        self.stats.add_caption()
-        self._log("caption", source=frame.source, frame_index=frame.index, pts_s=round(frame.pts_s, 3),
-                  frame_time=iso_time(frame.wall_ts), raw=raw, shown=shown, score=round(float(score), 4),
-                  changed=changed)
-
-    def _next_caption_frame(self, turn: int) -> tuple[Frame | None, int]:
-        """The newest processed frame of the next source (round-robin) whose caption is due."""
-        names = [r.cfg.name for r in self.readers]
-        with self._caption_cv:
-            if not self._caption_latest:
-                self._caption_cv.wait(0.1)
-            for k in range(len(names)):
-                name = names[(turn + k) % len(names)]
-                frame = self._caption_latest.pop(name, None)
-                if frame is not None and self._caption_due(frame):
-                    return frame, (turn + k + 1) % len(names)
-        return None, turn
-
-    def _caption_worker(self) -> None:
-        turn = 0
-        while not self._stop.is_set():
-            frame, turn = self._next_caption_frame(turn)
-            if frame is not None:
-                self._run_caption(frame)
-
     # -- supervision ---------------------------------------------------------------------------
     def start(self) -> None:
         # Stage-wide settings (torch's thread count) are set once, here, before any worker
@@ -513,8 +419,8 @@ class Pipeline:
             self._spawn("keyframes", self.keyframes.run)
             self._spawn("carry", self._carry_worker)
         self._spawn("writer", self.writer.run)
-        if self.captioner is not None and not self._caption_sync:
-            self._spawn("caption", self._caption_worker)
+        if self.captions.needs_worker:
+            self._spawn("caption", self.captions.run)
 
     def alive(self) -> bool:
         return self._worker_alive("writer")
@@ -569,8 +475,7 @@ class Pipeline:
         if self._stop_at is None:
             self._stop_at = time.monotonic()
         self._stop.set()
-        with self._caption_cv:
-            self._caption_cv.notify_all()
+        self.captions.wake()
         if self.keyframes is not None:
             self.keyframes.wake()
         try:
@@ -622,7 +527,7 @@ class Pipeline:
         s.elapsed_s = round(elapsed, 3)
         s.frames_read = snap["frames_in"]
         s.processed = snap["processed"]
-        s.keyframes = snap["keyframes"] if self.keyframes is not None else snap["processed"]
+        s.keyframes = snap["keyframes"]
         s.written = snap["written"]
         s.dropped = snap["dropped"]
         s.stage_errors = snap["stage_errors"]

@@ -98,6 +98,22 @@ def test_late_keyframe_lands_on_the_objects_current_position():
     assert all(iou(nxt[k], truth13[k]) > 0.9 for k in range(2))
 
 
+def test_late_keyframe_with_max_steps_skips_frames_and_still_lands_on_the_current_position():
+    frames = [scene(square_path(t)) for t in range(13)]
+    full, few = Carrier(), Carrier()
+    for t in range(13):
+        full.step(frames[t][0], frame=t)
+        few.step(frames[t][0], frame=t)
+    calls = []
+    calc = few._dis.calc
+    few._dis = type("Counting", (), {"calc": lambda self, *a: calls.append(1) or calc(*a)})()
+    now = few.keyframe(*frames[2], frame=2, max_steps=3)
+    assert len(calls) == 3  # frames 3, 7 (or 8) and 12 of the ten seen since, not all ten
+    ref = full.keyframe(*frames[2], frame=2)
+    for k in range(2):
+        assert iou(now[k], frames[12][1][k]) > 0.9 and iou(ref[k], frames[12][1][k]) > 0.9
+
+
 def test_late_keyframe_older_than_the_history_is_carried_straight_to_the_newest_frame():
     carrier = Carrier(CarryConfig(history=3))
     frames = [scene(square_path(t)) for t in range(8)]

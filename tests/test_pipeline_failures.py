@@ -103,20 +103,20 @@ def test_live_caption_worker_takes_the_newest_frame_and_the_schedule_counts_only
 
     src = write_video(tmp_path / "in.avi", n=5)
     p = Pipeline([_live_file(src)], SlowStage(0.0), captioner=LevelCaptioner(), schedule_factory=schedule_factory)
-    assert not p._caption_sync
+    assert not p.captions._caption_sync
     image = np.full((64, 64, 3), 128, np.uint8)
     image[:32] = 0
     name = p.readers[0].cfg.name
     for i in range(5):  # processed while the caption worker was busy: only the newest is kept
-        p._caption_frame(Frame(name, i, i / 10, 0.0, image))
-    frame, _ = p._next_caption_frame(0)
+        p.captions.offer(Frame(name, i, i / 10, 0.0, image))
+    frame, _ = p.captions._next_caption_frame(0)
     assert frame.index == 4
     assert schedules[0].fired == [4]  # the frames passed over are not counted
     for i in (5, 6):
-        p._caption_frame(Frame(name, i, i / 10, 0.0, image))
-    assert p._next_caption_frame(0)[0].index == 6  # 6 - 4 >= 2: due
-    p._caption_frame(Frame(name, 7, 0.7, 0.0, image))
-    assert p._next_caption_frame(0)[0] is None  # 7 - 6 < 2: not due, and dropped
+        p.captions.offer(Frame(name, i, i / 10, 0.0, image))
+    assert p.captions._next_caption_frame(0)[0].index == 6  # 6 - 4 >= 2: due
+    p.captions.offer(Frame(name, 7, 0.7, 0.0, image))
+    assert p.captions._next_caption_frame(0)[0] is None  # 7 - 6 < 2: not due, and dropped
     assert schedules[0].fired == [4, 6]
 
 
