@@ -31,7 +31,7 @@ from streamcap.captioning import Captions
 from streamcap.capture import EOS, SourceConfig, SourceReader, redact_url
 from streamcap.errors import (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOURCE_FAILED, BadInputError,
                               StageError, StreamcapError)
-from streamcap.keyframes import CarryWorker, KeyframeWorker, parse_seg_every
+from streamcap.keyframes import AUTO, CarryWorker, KeyframeWorker, parse_seg_every
 from streamcap.sinks import JsonlSink, VideoFileSink, iso_time
 from streamcap.stages import CaptionStage, InferenceStage, NoOpStage
 from streamcap.tracking import DetectionTracker
@@ -216,6 +216,8 @@ class Pipeline:
         self._consecutive = 0  # stage failures in a row
         # seg_every 1: one inference worker runs the stage on every frame. Otherwise the keyframe
         # worker runs it on some frames and the carry worker carries their objects to every frame.
+        if self.seg_every == AUTO and all(r.cfg.drop == "block" for r in self.readers):
+            self.seg_every = 1  # nothing is dropped and files wait for each keyframe: every frame is one
         self.producer = "inference" if self.seg_every == 1 else "carry"
         self.keyframes = KeyframeWorker(self) if self.producer == "carry" else None
         self._carrier_worker = CarryWorker(self, self.keyframes, self.seg_every, track=config.track,

@@ -165,7 +165,9 @@ def test_a_late_keyframe_lands_on_the_objects_current_position(tmp_path):
         if len(r.detections):
             x, y, w, h = cv2.boundingRect(r.detections.masks[0].astype(np.uint8))
             assert leads_with_square((x, y, x + w, y + h), r.frame.index)
-    assert sum(f["keyframe"] for f in frames) == len(stage.calls)
+    # Frames marked keyframe are those sent to the model (the last may still be waiting at the end).
+    flagged = {f["frame_index"] for f in frames if f["keyframe"]}
+    assert set(stage.calls) <= flagged and len(flagged - set(stage.calls)) <= 1
 
 
 DAVIS = SHARED / "davis"
