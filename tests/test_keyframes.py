@@ -263,3 +263,38 @@ def test_log_schema_2_frame_records_carry_keyframe_and_track_id(tmp_path):
     assert all(set(f["detections"]["objects"][0]) == {"label", "score", "box", "track_id"} for f in frames)
     end = records[-1]
     assert end["event"] == "end" and end["keyframes"] == summary.keyframes == 2
+
+
+def test_max_fps_caps_what_a_live_source_writes(tmp_path):
+    video = moving_square_video(tmp_path / "square.avi", n=24)  # 1 s at 24 fps
+    seen = []
+    summary = run(str(video), caption=False, stage=SquareStage(), kind="file", realtime=True, drop="latest",
+                  queue_size=8, pipeline=PipelineConfig(seg_every="auto", max_fps=8), on_result=seen.append)
+    assert summary.exit_code == EXIT_OK and summary.frames_read == 24
+    times = [r.frame.mono_ts for r in seen]
+    assert 1 <= len(seen) <= 12
+    assert all(b - a >= 0.95 / 8 for a, b in zip(times, times[1:]))  # by the frames' own read times
+    assert summary.written + summary.dropped == summary.frames_read  # the capped frames count as dropped
+
+
+class FailingOn(SquareStage):
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def __call__(self, frames):
+        if frames[0].index in self.bad:
+            raise RuntimeError(f"fake failure on frame {frames[0].index}")
+        return super().__call__(frames)
+
+
+def test_a_failed_keyframe_is_logged_and_its_frames_keep_the_carried_objects(tmp_path):
+    video = moving_square_video(tmp_path / "square.avi", n=12)
+    log = tmp_path / "log.jsonl"
+    summary = run(str(video), log=log, caption=False, stage=FailingOn({4}), pipeline=PipelineConfig(seg_every=4))
+    assert summary.exit_code == EXIT_OK and summary.written == 12 and summary.stage_errors == 1
+    records = read_jsonl(log)
+    assert [r["frame_index"] for r in records if r["event"] == "stage_error"] == [4]
+    frames = _frames(log)
+    assert [f["keyframe"] for f in frames] == [i in (0, 8) for i in range(12)]
+    assert all(f["detections"]["count"] == 1 for f in frames)  # frames 4-7 carried from keyframe 0
