@@ -39,6 +39,7 @@ LIVE_HISTORY = 128  # frames a live carrier keeps for late keyframes (5 s at 25 
 # spaced): the carry worker catches up in about 8 flows, not one per frame (38 at 24 fps for a 1.6 s
 # model), so the frames behind it are not held up.
 LIVE_CATCHUP_STEPS = 8
+ACTIVE_S = 1.0  # auto: a live source that delivered a frame this recently takes its turn at the model
 
 
 def parse_seg_every(value: Any) -> int | str:
@@ -211,6 +212,18 @@ class CarryWorker:
         self._sources: dict[str, SourceTracks] = {}
         self._seq: dict[str, int] = {}
         self._last_mono: dict[str, float] = {}
+        self._last_seen: dict[str, float] = {}  # live: when each source last delivered a frame
+        self._last_submit: dict[str, float] = {}  # live: when each source last got a keyframe
+
+    def _auto_due(self, name: str, now: float) -> bool:
+        """``auto``: the model is free and it is this source's turn: no other source that delivered
+        a frame in the last ACTIVE_S has waited longer for a keyframe (cameras whose frames arrive
+        together would otherwise leave every model call to the one read first)."""
+        if not self.keyframes.idle():
+            return False
+        mine = self._last_submit.get(name, float("-inf"))
+        return all(mine <= self._last_submit.get(other, float("-inf"))
+                   for other, seen in self._last_seen.items() if other != name and now - seen < ACTIVE_S)
 
     def _tracks(self, frame: Frame, block: bool) -> SourceTracks:
         state = self._sources.get(frame.source)
@@ -253,12 +266,14 @@ class CarryWorker:
                     det, ids = state.exact()
                     keyframe = True
         else:
+            self._last_seen[name] = frame.mono_ts
             for k, kframe, kdet in self.keyframes.take(name):
                 if kdet is not None:
                     state.keyframe(kframe.image, kdet, k, max_steps=LIVE_CATCHUP_STEPS)
             det, ids = state.step(frame.image, seq)
-            if (self.keyframes.idle() if self.every == AUTO else seq % self.every == 0):
+            if (self._auto_due(name, frame.mono_ts) if self.every == AUTO else seq % self.every == 0):
                 self.keyframes.submit(name, seq, frame)
+                self._last_submit[name] = frame.mono_ts
                 keyframe = True
         extras: dict[str, Any] = {"keyframe": keyframe}
         if ids is not None:

@@ -298,3 +298,24 @@ def test_a_failed_keyframe_is_logged_and_its_frames_keep_the_carried_objects(tmp
     frames = _frames(log)
     assert [f["keyframe"] for f in frames] == [i in (0, 8) for i in range(12)]
     assert all(f["detections"]["count"] == 1 for f in frames)  # frames 4-7 carried from keyframe 0
+
+
+def test_two_live_sources_share_the_keyframe_worker(tmp_path):
+    from streamcap.capture import SourceConfig
+    from streamcap.pipeline import Pipeline
+
+    a = moving_square_video(tmp_path / "a.avi", n=24)
+    b = moving_square_video(tmp_path / "b.avi", n=24)
+    stage = SquareStage(delay_s=0.05)
+    seen = []
+    sources = [SourceConfig(str(p), name=p.stem, kind="file", realtime=True, drop="latest", queue_size=8)
+               for p in (a, b)]
+    summary = Pipeline(sources, stage, config=PipelineConfig(seg_every="auto"), on_result=seen.append).run()
+    assert summary.exit_code == EXIT_OK
+    for name in ("a", "b"):
+        mine = [r for r in seen if r.frame.source == name]
+        assert [r.frame.index for r in mine] == sorted(r.frame.index for r in mine)  # in order
+        assert any(r.extras["keyframe"] for r in mine)  # each camera gets model calls
+        assert any(len(r.detections) for r in mine)
+        # ids are per source: each square is object 1 of its own camera
+        assert {int(i) for r in mine for i in r.extras["track_ids"]} == {1}
