@@ -1,7 +1,7 @@
 """The engine's supervisor: readers -> producer -> writer -> sinks, one shutdown path.
 
-Threads: one reader per source (capture.py); one producer: the inference worker here (the stage
-on every frame, ``seg_every`` 1) or the keyframe and carry workers (keyframes.py: the stage on
+Threads: one reader per source (capture.py); one producer: the inference worker (inference.py: the
+stage on every frame, ``seg_every`` 1) or the keyframe and carry workers (keyframes.py: the stage on
 some frames, masks carried to every frame); a caption worker for live sources (captioning.py); one
 writer (writer.py: restores order, draws, writes the video and the log). Every producer hands the
 writer the same record, ``(source, seq, FrameResult)``. The caller's thread supervises: watchdog,
@@ -31,10 +31,10 @@ from streamcap.captioning import Captions
 from streamcap.capture import EOS, SourceConfig, SourceReader, redact_url
 from streamcap.errors import (EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_SOURCE_FAILED, BadInputError,
                               StageError, StreamcapError)
+from streamcap.inference import InferenceWorker
 from streamcap.keyframes import AUTO, CarryWorker, KeyframeWorker, parse_seg_every
 from streamcap.sinks import JsonlSink, VideoFileSink, iso_time
 from streamcap.stages import CaptionStage, InferenceStage, NoOpStage
-from streamcap.tracking import DetectionTracker
 from streamcap.types import Detections, Frame, FrameResult
 from streamcap.writer import END, Writer
 
@@ -220,8 +220,8 @@ class Pipeline:
             self.seg_every = 1  # nothing is dropped and files wait for each keyframe: every frame is one
         self.producer = "inference" if self.seg_every == 1 else "carry"
         self.keyframes = KeyframeWorker(self) if self.producer == "carry" else None
-        self._carrier_worker = CarryWorker(self, self.keyframes, self.seg_every, track=config.track,
-                                           max_fps=config.max_fps) if self.keyframes else None
+        self._producer_worker = InferenceWorker(self) if self.keyframes is None else CarryWorker(
+            self, self.keyframes, self.seg_every, track=config.track, max_fps=config.max_fps)
         self.writer = Writer(self)
         self._video_lock = threading.Lock()  # the writer's video.write and shutdown's close never overlap
         self._video_closed = False
@@ -361,35 +361,14 @@ class Pipeline:
         self._seq[frame.source] = seq + 1
         return self._put_result((frame.source, seq, FrameResult(frame, det, caption, new_caption, extras)))
 
-    def _inference_worker(self) -> None:
-        """Every frame through the stage (``seg_every`` 1)."""
-        pending = {r.cfg.name: r for r in self.readers}
-        trackers = {name: DetectionTracker() for name in pending} if self.config.track else {}
-        try:
-            while pending and not self._stop.is_set():
-                frames = self.next_frames(pending)
-                if not frames:
-                    continue
-                outputs = self.call_stage(frames)
-                if outputs is None:
-                    if self._stop.is_set():
-                        return
-                    continue
-                self.stats.add_keyframes(len(frames))
-                for frame, det in zip(frames, outputs):
-                    extras: dict[str, Any] = {"keyframe": True}
-                    if frame.source in trackers and det is not None:
-                        extras["track_ids"] = trackers[frame.source].update(det, frame.image.shape[:2])
-                    if not self.emit(frame, det, extras):
-                        return
-        finally:
-            self._put_result(END, force=True)
-
-    def _carry_worker(self) -> None:
-        try:
-            self._carrier_worker.run()
-        finally:
-            self._put_result(END, force=True)
+    def _producer(self, body: Callable[[], None]) -> Callable[[], None]:
+        """A producer's thread body: whatever way it ends, the writer gets the end marker."""
+        def run() -> None:
+            try:
+                body()
+            finally:
+                self._put_result(END, force=True)
+        return run
 
     def _put_result(self, item: Any, force: bool = False) -> bool:
         """Queue for the writer; after a stop request one more try (the writer ends by itself)."""
@@ -415,11 +394,9 @@ class Pipeline:
         self._last_snapshot = time.monotonic()
         for r in self.readers:
             r.start()
-        if self.keyframes is None:
-            self._spawn("inference", self._inference_worker)
-        else:
+        if self.keyframes is not None:
             self._spawn("keyframes", self.keyframes.run)
-            self._spawn("carry", self._carry_worker)
+        self._spawn(self.producer, self._producer(self._producer_worker.run))
         self._spawn("writer", self.writer.run)
         if self.captions.needs_worker:
             self._spawn("caption", self.captions.run)
