@@ -323,7 +323,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 # Command groups that live in their own modules; each exposes register(app).
 _COMMAND_MODULES = ("streamcap.bench", "streamcap.cli_segment", "streamcap.cli_caption", "streamcap.cli_train",
-                    "streamcap.soak", "streamcap.cli_propagation")
+                    "streamcap.soak", "streamcap.cli_propagation", "streamcap.bench_segmenter")
 
 
 def _register_commands() -> None:

@@ -53,15 +53,9 @@ def write_scene_clip(path: Path, fps: float = CLIP_FPS) -> Path:
 
 
 def decoded_frames(path: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    frames = []
-    while True:
-        ok, img = cap.read()
-        if not ok:
-            break
-        frames.append(img)
-    cap.release()
-    return frames
+    from streamcap.bench import read_frames
+
+    return read_frames(path)
 
 
 def _variants(bgr: np.ndarray) -> list[np.ndarray]:
