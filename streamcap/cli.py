@@ -65,7 +65,7 @@ OnError = Annotated[str, typer.Option("--on-stage-error", help="skip (count the 
 NoSegment = Annotated[bool, typer.Option("--no-segment", help="Run without the segmenter.")]
 SegModel = Annotated[str, typer.Option("--seg-model", help="v1 (maskrcnn_resnet50_fpn) | v2 (maskrcnn_resnet50_fpn_v2).")]
 SegWeights = Annotated[Optional[str], typer.Option("--seg-weights", help="State dict file, or 'random' (untrained, for tests and benchmarks).")]
-SegSize = Annotated[Optional[int], typer.Option("--seg-size", min=0, help="Short side the model sees (default: 512 on CPU, the full frame on GPU; 0: full frame).")]
+SegSize = Annotated[Optional[int], typer.Option("--seg-size", min=0, help="Short side the model sees (default: 512 on CPU; on GPU 800, smaller frames as they are; 0: full frame).")]
 Score = Annotated[float, typer.Option("--score-threshold", min=0.0, max=1.0, help="Keep detections scoring at least this.")]
 MaskThr = Annotated[float, typer.Option("--mask-threshold", min=0.0, max=1.0, help="Mask probability threshold.")]
 Classes = Annotated[Optional[str], typer.Option("--classes", help="Comma-separated COCO class names to keep, e.g. person,car.")]

@@ -9,7 +9,8 @@ detections straight at the output size (the frame, or ``draw_size``). Pasting ev
 torchvision's up-to-100 masks as float images at full resolution is what makes its own
 postprocess slow; here the threshold, class filter and ``max_detections`` apply first.
 
-``seg_size`` default (``None``): 512 on a CPU, the full frame size on a GPU.
+``seg_size`` default (``None``): 512 on a CPU; on a GPU 800, the model's training scale, with
+smaller frames left at their own size (never scaled up).
 ``seg_size=0`` feeds frames at their own size.
 """
 
@@ -35,7 +36,7 @@ from streamcap.weights import SEGMENTER_WEIGHTS, get_weights_entry, resolve_segm
 log = logging.getLogger(__name__)
 
 CPU_SEG_SIZE = 512  # default short side on a CPU: about 4x cheaper than 800, still finds people
-GPU_SEG_SIZE = 0  # full size on a GPU: the frame as it is (0 means no resize)
+GPU_SEG_SIZE = 800  # on a GPU: the model's training scale, never scaling a smaller frame up
 MAX_SIZE_RATIO = 1333 / 800  # torchvision's long-side cap relative to the short side
 GPU_BATCH = 4
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -82,7 +83,7 @@ class SegmenterConfig:
     score_threshold  keep detections scoring at least this (0..1)
     mask_threshold   a mask pixel is set where the mask probability is above this (0..1)
     classes          keep only these category names (e.g. ("person", "car")); None keeps all
-    seg_size         short side the model sees; None: 512 on CPU, full frame size on GPU; 0: frame size
+    seg_size         short side the model sees; None: 512 on CPU, 800 on GPU (smaller frames as they are); 0: frame size
     draw_size        (w, h) to paste masks at instead of the frame size (boxes stay in frame px)
     device           "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     max_detections   at most this many detections per frame, best first
@@ -250,14 +251,18 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-def input_size(h: int, w: int, seg_size: int) -> tuple[int, int]:
-    """(h, w) the model sees: short side seg_size, long side at most seg_size * 1333 / 800."""
+def input_size(h: int, w: int, seg_size: int, upscale: bool = True) -> tuple[int, int]:
+    """(h, w) the model sees: short side seg_size, long side at most seg_size * 1333 / 800.
+
+    ``upscale=False`` leaves a frame smaller than that at its own size (the GPU default)."""
     if seg_size == 0:
         return h, w
     scale = seg_size / min(h, w)
     max_size = round(seg_size * MAX_SIZE_RATIO)
     if max(h, w) * scale > max_size:
         scale = max_size / max(h, w)
+    if not upscale and scale >= 1.0:
+        return h, w
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
@@ -328,6 +333,7 @@ class Segmenter:
         self._to_float = get_weights_entry(config.model).transforms()  # ObjectDetection: uint8 -> [0, 1]
         on_gpu = self.device.type == "cuda"
         self.seg_size = config.seg_size if config.seg_size is not None else (GPU_SEG_SIZE if on_gpu else CPU_SEG_SIZE)
+        self._upscale = not (on_gpu and config.seg_size is None)  # GPU default: 800, never scaled up
         self.batch_size = config.batch or (GPU_BATCH if on_gpu else 1)
         self.precision = resolve_precision(config.precision, self.device, config.fp16)
         self._amp_dtype = _AMP_DTYPES[self.precision]
@@ -377,7 +383,7 @@ class Segmenter:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected a BGR uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
-        ih, iw = input_size(h, w, self.seg_size)
+        ih, iw = input_size(h, w, self.seg_size, self._upscale)
         if (ih, iw) != (h, w):
             image = cv2.resize(image, (iw, ih), interpolation=cv2.INTER_LINEAR)
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # (ih, iw, 3) uint8

@@ -222,6 +222,21 @@ def test_input_size():
     assert input_size(576, 768, 512) == (512, 683)
     assert input_size(100, 1000, 100) == (17, 167)  # long side capped at 100 * 1333 / 800
     assert input_size(123, 456, 0) == (123, 456)
+    # The GPU default: the training scale (800) for large frames, smaller frames as they are.
+    assert input_size(1080, 1920, 800, upscale=False) == (750, 1333)  # long side capped at 1333
+    assert input_size(720, 1280, 800, upscale=False) == (720, 1280)
+    assert input_size(720, 1280, 800) == (750, 1333)
+
+
+def test_gpu_default_seg_size_is_the_training_scale_without_upscaling():
+    from streamcap.segment import Segmenter, SegmenterConfig
+
+    gpu = Segmenter(SegmenterConfig(), model=lambda x: x, device="cuda")  # nothing runs on the device
+    assert (gpu.seg_size, gpu._upscale, gpu.batch_size) == (800, False, 4)
+    cpu = Segmenter(SegmenterConfig(), model=lambda x: x, device="cpu")
+    assert (cpu.seg_size, cpu._upscale) == (512, True)
+    chosen = Segmenter(SegmenterConfig(seg_size=640), model=lambda x: x, device="cuda")
+    assert (chosen.seg_size, chosen._upscale) == (640, True)
 
 
 def test_config_validation():
