@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from streamcap import api
 from streamcap.cli import app
-from streamcap.cli_segment import expand_images
+from streamcap.cli.common import expand_images
 from streamcap.errors import BadInputError
 
 DOG = str(MEDIA / "dog.jpg")

@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import glob
 import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
+from streamcap.cli.common import check_device, expand_images, fail as _fail
 from streamcap.errors import BadInputError, StreamcapError
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-
-
-def expand_images(args: list[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and glob patterns, in the order given."""
-    out: list[Path] = []
-    for arg in args:
-        path = Path(arg)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-            if not found:
-                raise BadInputError(f"folder {path} has no images ({', '.join(sorted(IMAGE_EXTS))})")
-            out.extend(found)
-        elif any(ch in arg for ch in "*?[") and not path.exists():
-            found = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
-            if not found:
-                raise BadInputError(f"no images match {arg}")
-            out.extend(found)
-        elif path.is_file():
-            out.append(path)
-        else:
-            raise BadInputError(f"image {path} does not exist")
-    return out
-
 
 def common_folder(paths: list[Path]) -> tuple[str, list[str]]:
     """(the folder all ``paths`` share, each path relative to it): distinct paths stay distinct
@@ -61,11 +36,6 @@ def attention_map_names(out: Path, paths: list[Path]) -> list[Path]:
         tag = stem if stems.count(stem) == 1 else f"{stem}_{i + 1}"
         names.append(out.with_name(f"{out.stem}_{tag}{out.suffix}"))
     return names
-
-
-def _fail(err: StreamcapError) -> typer.Exit:
-    typer.echo(f"streamcap: error: {err}", err=True)
-    return typer.Exit(err.exit_code)
 
 
 def caption_command(
@@ -96,8 +66,7 @@ def caption_command(
 
     try:
         paths = expand_images(images)
-        if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-            raise BadInputError(f"unknown --device {device!r}; use auto, cpu or cuda")
+        check_device(device)
         captioner = Captioner(model=model, device=device, beam=beam, max_len=max_len)
         want_maps = attention_map is not None
         map_paths = attention_map_names(attention_map, paths) if want_maps else []

@@ -1,21 +1,19 @@
 """CLI commands of the segmentation stage: ``streamcap segment`` and ``streamcap models``.
 
-``cli.py`` imports this module and calls ``register(app)``.
+``streamcap.cli.app`` imports this module and calls ``register(app)``.
 """
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from streamcap.cli.common import check_device, expand_images, fail as _fail
 from streamcap.errors import BadInputError, StreamcapError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 SEGMENT_HELP = """Segment the objects in still images and print what was found.
 
@@ -43,37 +41,6 @@ Examples:
   streamcap models fetch v2     download one
   streamcap models verify       check cached files against the SHA-256 prefix in their names
 """
-
-
-def _fail(err: StreamcapError) -> SystemExit:
-    """One line on stderr and the error's exit code.
-
-    SystemExit works the same under ``cli.main`` (typer's standalone mode) and CliRunner.
-    """
-    typer.echo(f"streamcap: error: {err}", err=True)
-    return SystemExit(err.exit_code)
-
-
-def expand_images(inputs: list[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and globs -> image paths; BadInputError if none."""
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                raise BadInputError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in folder {p}")
-            paths.extend(found)
-        elif p.is_file():
-            paths.append(p)
-        elif glob.has_magic(item):
-            found = sorted(Path(q) for q in glob.glob(os.path.expanduser(item)) if Path(q).is_file())
-            if not found:
-                raise BadInputError(f"No files match {item}")
-            paths.extend(found)
-        else:
-            raise BadInputError(f"Image not found: {item}")
-    return paths
 
 
 def _out_names(paths: list[Path]) -> list[str]:
@@ -111,7 +78,7 @@ def segment_command(
             mask_threshold=mask_threshold,
             classes=tuple(classes.split(",")) if classes else None,
             seg_size=seg_size,
-            device=device,
+            device=check_device(device),
             precision=precision,
             max_detections=max_detections,
             masks=out is not None,  # masks are only needed for drawing

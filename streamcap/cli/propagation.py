@@ -1,6 +1,6 @@
 """CLI command ``streamcap bench-propagation`` (logic in bench_propagation.py).
 
-``cli.py`` imports this module and calls ``register(app)``.
+``streamcap.cli.app`` imports this module and calls ``register(app)``.
 """
 
 from __future__ import annotations

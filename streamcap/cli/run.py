@@ -1,98 +1,16 @@
-"""The Typer app: parses options into a Job and calls one function; no logic of its own."""
+"""The video commands (``file``, ``live``, ``monitor``): parse options into a Job and run it."""
 
 from __future__ import annotations
 
-import os
+import sys
+from typing import Annotated
 
-# The command line owns the process: keep OpenCV's and FFmpeg's own chatter off stderr so an
-# error is one line (set before cv2 is first imported; a user's own setting wins).
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+import typer
 
-import importlib  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Annotated, Optional  # noqa: E402
-
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-
-from streamcap.capture import SourceConfig  # noqa: E402
-from streamcap.errors import EXIT_INTERNAL, StreamcapError  # noqa: E402
-from streamcap.pipeline import PipelineConfig  # noqa: E402
-
-app = typer.Typer(
-    name="streamcap",
-    help="Watch video and say what is in it: segment every object, caption the scene.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
-
-err_console = Console(stderr=True, soft_wrap=True)
-
-# -- shared options ------------------------------------------------------------------------------
-def _positive(value):
-    """Option callback: a number of seconds that must be more than 0 (None: not given)."""
-    if value is not None and not value > 0:  # also refuses nan
-        raise typer.BadParameter(f"must be more than 0, got {value}")
-    return value
-
-
-Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the annotated video here: .mp4/.mov/.m4v/.mkv (H.264) or .avi (MPEG-4 Part 2).")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")]
-Codec = Annotated[str, typer.Option("--codec", help="auto (H.264 via PyAV, else mp4v; mp4v in .avi) | h264 | mp4v.")]
-LogFile = Annotated[Optional[Path], typer.Option("--log", help="Append JSONL records here (schema in README).")]
-LogEvery = Annotated[int, typer.Option("--log-every", min=0, help="A frame record every N processed frames (0: none).")]
-LogMasks = Annotated[bool, typer.Option("--log-masks", help="Add COCO RLE masks to frame records.")]
-Stride = Annotated[int, typer.Option("--stride", min=1, help="Take every Nth frame (others are grabbed, not decoded).")]
-Drop = Annotated[Optional[str], typer.Option("--drop", help="latest (live default: newest frame wins) | block (file default: lose nothing).")]
-QueueSize = Annotated[int, typer.Option("--queue-size", min=1, help="Frames buffered between capture and inference.")]
-Transport = Annotated[Optional[str], typer.Option("--rtsp-transport", help="tcp | udp for RTSP sources.")]
-MaxRetries = Annotated[Optional[int], typer.Option("--max-retries", min=0, help="After a failed connect, retry N more times (N+1 attempts per outage), then give up (default: retry forever).")]
-OpenTimeout = Annotated[float, typer.Option("--open-timeout", callback=_positive, help="Seconds to wait for a stream to open.")]
-ReadTimeout = Annotated[float, typer.Option("--read-timeout", callback=_positive, help="Seconds without any packet from a stream before the connection counts as lost.")]
-FirstFrameTimeout = Annotated[float, typer.Option("--first-frame-timeout", callback=_positive, help="Seconds a stream that sends data may take to deliver its first keyframe (cameras with keyframes far apart).")]
-BackoffMax = Annotated[float, typer.Option("--backoff-max", callback=_positive, help="Longest wait between reconnect attempts, seconds (backoff starts at 0.5 s and doubles).")]
-Watchdog = Annotated[float, typer.Option("--watchdog", callback=_positive, help="Reconnect a live source silent for this many seconds.")]
-Show = Annotated[bool, typer.Option("--show", help="Show a window (needs a display).")]
-Stats = Annotated[bool, typer.Option("--stats", help="Show live statistics (fps, drops, queues, latency).")]
-Hud = Annotated[bool, typer.Option("--hud", help="Draw the statistics onto the frames.")]
-StatsInterval = Annotated[float, typer.Option("--stats-interval", min=0.0, help="Seconds between stats records in the log (0: none).")]
-OnError = Annotated[str, typer.Option("--on-stage-error", help="skip (count the frame, stop after 5 in a row) | stop.")]
-NoSegment = Annotated[bool, typer.Option("--no-segment", help="Run without the segmenter.")]
-SegModel = Annotated[str, typer.Option("--seg-model", help="v1 (maskrcnn_resnet50_fpn) | v2 (maskrcnn_resnet50_fpn_v2).")]
-SegWeights = Annotated[Optional[str], typer.Option("--seg-weights", help="State dict file, or 'random' (untrained, for tests and benchmarks).")]
-SegSize = Annotated[Optional[int], typer.Option("--seg-size", min=0, help="Short side the model sees (default: 512 on CPU; on GPU 800, smaller frames as they are; 0: full frame).")]
-Score = Annotated[float, typer.Option("--score-threshold", min=0.0, max=1.0, help="Keep detections scoring at least this.")]
-MaskThr = Annotated[float, typer.Option("--mask-threshold", min=0.0, max=1.0, help="Mask probability threshold.")]
-Classes = Annotated[Optional[str], typer.Option("--classes", help="Comma-separated COCO class names to keep, e.g. person,car.")]
-Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
-Precision = Annotated[str, typer.Option("--precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16.")]
-MaxDet = Annotated[int, typer.Option("--max-detections", min=1, help="At most this many objects per frame.")]
-Batch = Annotated[Optional[int], typer.Option("--batch", min=1, help="Frames per model call (default: 1 on CPU, 4 on GPU).")]
-NoCaption = Annotated[bool, typer.Option("--no-caption", help="Run without scene captions.")]
-CapModel = Annotated[Optional[Path], typer.Option("--caption-model", help="Caption checkpoint (default: the bundled model).")]
-CapEvery = Annotated[Optional[int], typer.Option("--caption-every", min=1, help="Caption every N processed frames.")]
-CapInterval = Annotated[Optional[float], typer.Option("--caption-interval", min=0.0, help="Caption every T seconds of stream time (default 2.0; 0: every processed frame).")]
-Beam = Annotated[int, typer.Option("--beam", min=1, help="Beam width for captions.")]
-SegEvery = Annotated[str, typer.Option("--seg-every", help="Run the segmenter on every Nth frame (keyframes) and carry its masks to the frames between with optical flow; auto: whenever it is free (live default). 1: every frame (file default, exact).")]
-NoTrack = Annotated[bool, typer.Option("--no-track", help="No tracking ids (no #id on the tags, no track_id in the log).")]
-MaxFps = Annotated[Optional[float], typer.Option("--max-fps", callback=_positive, help="With keyframes on a live source: draw and write at most this many frames a second.")]
-Duration = Annotated[Optional[float], typer.Option("--duration", callback=_positive, help="Stop after this many seconds.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log source events and warnings to stderr.")]
-
-
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    root = logging.getLogger("streamcap")
-    if not root.handlers:
-        handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
-        root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
+from streamcap.capture import SourceConfig
+from streamcap.cli.common import err_console, fail, setup_logging
+from streamcap.cli.options import *  # noqa: F403  (the option types)
+from streamcap.pipeline import PipelineConfig
 
 
 def _seg_options(no_segment, seg_model, seg_weights, seg_size, score, mask_thr, classes, device, max_det, batch,
@@ -166,27 +84,6 @@ def _source(uri: str, **kw) -> SourceConfig:
     return SourceConfig(uri=uri, **kw)
 
 
-def handles_errors(func):
-    """Turn a StreamcapError into one red line and its exit code, and Ctrl-C outside a run
-    (while a model loads) into 130, whatever typer version runs the command (also under
-    CliRunner). Applied to every command by ``_guard_commands``."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except StreamcapError as err:
-            err_console.print(f"streamcap: error: {err}", style="red", highlight=False, markup=False)
-            raise typer.Exit(err.exit_code) from None
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-
-    wrapper._streamcap_guarded = True
-    return wrapper
-
-
-@app.command()
 def file(
     input: Annotated[str, typer.Argument(help="Video file, image, folder of images, or glob.")],
     out: Out = None, overwrite: Overwrite = False, codec: Codec = "auto", log: LogFile = None,
@@ -215,7 +112,7 @@ def file(
     """
     from streamcap.runner import Job
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from streamcap.capture import source_kind
 
     # `file` always reads from disk: a number or URL here is a file name, never a camera.
@@ -226,7 +123,6 @@ def file(
              **_model_options(locals())))
 
 
-@app.command()
 def live(
     source: Annotated[str, typer.Option("--source", "-s", help="Webcam index (0), RTSP/RTMP/HTTP URL, or a file played in real time.")] = "0",
     out: Out = None, overwrite: Overwrite = False, codec: Codec = "auto", log: LogFile = None,
@@ -260,7 +156,7 @@ def live(
     """
     from streamcap.runner import Job
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     # A file given as a live source is played at its own frame rate and may drop frames.
     realtime = not (source.isdigit() or "://" in source)
     src = _source(source, kind="file" if realtime else None, realtime=realtime, drop=drop or "latest",
@@ -272,7 +168,6 @@ def live(
              **_model_options(locals())))
 
 
-@app.command()
 def monitor(
     urls: Annotated[list[str], typer.Argument(help="One or more camera URLs (or webcam indexes).")],
     log: LogFile = None, log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1,
@@ -301,9 +196,9 @@ def monitor(
     """
     from streamcap.runner import Job
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     if len(set(urls)) != len(urls):
-        raise _fail("the same URL is given twice")
+        raise fail("the same URL is given twice")
     sources = [_source(u, kind="webcam" if u.isdigit() else "stream", drop=drop, stride=stride,
                        queue_size=_live_queue(queue_size, seg_every, no_segment), rtsp_transport=rtsp_transport,
                        max_retries=max_retries,
@@ -316,65 +211,9 @@ def monitor(
              **_model_options(locals())))
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"streamcap: error: {message}", style="red", highlight=False, markup=False)
-    return typer.Exit(code)
 
 
-# Command groups that live in their own modules; each exposes register(app).
-_COMMAND_MODULES = ("streamcap.bench", "streamcap.cli_segment", "streamcap.cli_caption", "streamcap.cli_train",
-                    "streamcap.soak", "streamcap.cli_propagation", "streamcap.bench_segmenter")
-
-
-def _register_commands() -> None:
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:
-                continue
-            raise
-        module.register(app)
-
-
-_register_commands()
-
-
-def _guard_commands(typer_app: typer.Typer) -> None:
-    """Wrap every registered command (sub-apps too) in handles_errors, once."""
-    for info in typer_app.registered_commands:
-        if info.callback is not None and not getattr(info.callback, "_streamcap_guarded", False):
-            info.callback = handles_errors(info.callback)
-    for group in typer_app.registered_groups:
-        if group.typer_instance is not None:
-            _guard_commands(group.typer_instance)
-
-
-_guard_commands(app)
-
-
-def main() -> None:
-    """Entry point: one line and a documented exit code for every error the user can fix.
-
-    Typer runs in its standalone mode, so usage errors (an unknown option or command, a
-    missing argument, a value out of range) are reported the way typer reports them, exit 2,
-    whichever click typer uses (its own copy from 0.28 on, the click package before;
-    tested with typer 0.20 to 0.29, the range pyproject.toml allows). Errors
-    raised inside a command are turned into their exit code by ``handles_errors``.
-    """
-    try:
-        app()
-    except SystemExit:
-        raise
-    except StreamcapError as err:
-        err_console.print(f"streamcap: error: {err}", style="red", highlight=False, markup=False)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as err:
-        from streamcap.capture import redact_url
-
-        err_console.print(f"streamcap: internal error: {type(err).__name__}: {redact_url(str(err))}",
-                          style="red", highlight=False, markup=False)
-        sys.exit(EXIT_INTERNAL)
-    sys.exit(0)
+def register(app: typer.Typer) -> None:
+    app.command()(file)
+    app.command()(live)
+    app.command()(monitor)
