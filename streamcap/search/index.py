@@ -2,8 +2,9 @@
 detected object labels, and every alert, kept beside the JSONL log.
 
 One row per searchable moment in ``entries`` (time, camera, frame index, kind, texts, snapshot),
-mirrored into the FTS5 table ``fts`` (external content, same rowid; porter stemming, so "dogs"
-finds "dog"). Rows come from log records by ``rows_from_record``, the same way whether the index
+with the same rowid in the contentless FTS5 table ``fts`` (porter stemming, so "dogs" finds
+"dog"; its ``tags`` column holds one token for the camera and one for the kind, so that those
+filters are part of the full-text match). Rows come from log records by ``rows_from_record``, the same way whether the index
 is built while running (``IndexWriter``, a record-tap subscriber with its own thread) or
 rebuilt from a log (``build_index``). ``meta`` remembers how many bytes of the log are indexed,
 so a search on a log that grew only reads the new part.
@@ -11,6 +12,7 @@ so a search on a log that grew only reads the new part.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -43,17 +45,25 @@ CREATE TABLE IF NOT EXISTS entries(
     snapshot TEXT
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-    shown, raw, labels, content='entries', content_rowid='id',
+    shown, raw, labels, tags, content='',
     tokenize='porter unicode61 remove_diacritics 2'
 );
 """
 SECONDARY_INDEXES = """
 CREATE INDEX IF NOT EXISTS entries_t ON entries(t);
-CREATE INDEX IF NOT EXISTS entries_camera ON entries(camera, id);
 """
 INSERT_ENTRY = ("INSERT INTO entries(id, t, camera, frame_index, kind, shown, raw, labels, snapshot) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-INSERT_FTS = "INSERT INTO fts(rowid, shown, raw, labels) VALUES (?, ?, ?, ?)"
+INSERT_FTS = "INSERT INTO fts(rowid, shown, raw, labels, tags) VALUES (?, ?, ?, ?, ?)"
+
+
+def camera_tag(camera: str | None) -> str:
+    """The one token that stands for a camera in the ``tags`` column."""
+    return "c" + hashlib.sha1((camera or "").encode("utf-8")).hexdigest()[:16]
+
+
+def kind_tag(kind: str) -> str:
+    return "k" + kind
 
 
 def index_path_for(log_path: str | os.PathLike) -> Path:
@@ -181,7 +191,8 @@ def insert_rows(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     start = (conn.execute("SELECT max(id) FROM entries").fetchone()[0] or 0) + 1
     ids = range(start, start + len(rows))
     conn.executemany(INSERT_ENTRY, [(i, *r) for i, r in zip(ids, rows)])
-    conn.executemany(INSERT_FTS, [(i, r[4], r[5], r[6]) for i, r in zip(ids, rows)])
+    conn.executemany(INSERT_FTS, [(i, r[4], r[5], r[6], f"{camera_tag(r[1])} {kind_tag(r[3])}")
+                                  for i, r in zip(ids, rows)])
 
 
 # -- reading logs -------------------------------------------------------------------------------------
