@@ -17,7 +17,10 @@ ORDERS = ("best", "newest")
 # Relative weights of the columns for "best": the shown caption, the raw caption, object labels.
 BM25_WEIGHTS = (1.0, 0.6, 0.8)
 # "best" ranks at most this many matches, the newest (see SearchIndex._match).
-RANK_WINDOW = 20000
+RANK_WINDOW = 5000
+# Words nearly every caption has: left out of a search that has other words (not from phrases
+# or OR), since they narrow nothing and make the match read a posting list as long as the index.
+STOPWORDS = frozenset("a an the of on in at to is are and with by for its it this that".split())
 _TOKEN = re.compile(r'"([^"]*)"(\*?)|(\S+)')
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -28,7 +31,8 @@ def to_fts_query(text: str) -> str:
     Words are all required (``dog sofa``); ``"a phrase"`` in double quotes; ``word*`` a
     prefix; ``OR`` between two terms takes either; ``-word`` excludes. Punctuation inside words
     is ignored (``dog's`` is the phrase ``dog s``). Anything else that FTS5 would read as syntax
-    is quoted. BadInputError (exit 2) for an unbalanced quote, a dangling OR, or no word to find.
+    is quoted. Single common words (``STOPWORDS``: a, the, on, ...) are left out when the search
+    has other words (``dog on sofa`` finds ``dog`` and ``sofa``). BadInputError (exit 2) for an unbalanced quote, a dangling OR, or no word to find.
     """
     if text.count('"') % 2:
         raise BadInputError(f"unbalanced double quote in search {text!r}")
@@ -67,6 +71,8 @@ def to_fts_query(text: str) -> str:
             groups.append([term])
     if not groups:
         raise BadInputError(f"nothing to search for in {text!r}: give at least one word that is not excluded")
+    kept = [g for g in groups if not (len(g) == 1 and g[0].strip('"').lower() in STOPWORDS)]
+    groups = kept or groups
     query = " AND ".join(g[0] if len(g) == 1 else "(" + " OR ".join(g) + ")" for g in groups)
     if excluded:
         query = "(" + query + ")" + "".join(f" NOT {t}" for t in excluded)
@@ -169,7 +175,7 @@ class SearchIndex:
         if cutoff is not None:
             # Rows go in in log order, so ids follow time: the first id at or after the cutoff
             # is a rowid bound FTS5 uses directly (times are checked again below).
-            first = conn.execute("SELECT min(id) FROM entries WHERE t >= ?", (cutoff,)).fetchone()[0]
+            first = conn.execute("SELECT min(id) FROM entries INDEXED BY entries_t WHERE t >= ?", (cutoff,)).fetchone()[0]
             if first is None:
                 return []
             low = first
