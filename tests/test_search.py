@@ -201,3 +201,32 @@ def test_cli_file_run_then_search_finds_its_caption(tmp_path):
     hits = [json.loads(line) for line in out.stdout.splitlines()]
     assert any(h["frame_index"] == caption["frame_index"] and h["snapshot"] == caption["snapshot"] for h in hits)
     assert (events / caption["snapshot"]).is_file()
+
+
+def _set_writer(index, pid):
+    import sqlite3
+
+    conn = sqlite3.connect(str(index))
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('writer_pid', ?)", (str(pid),))
+    conn.commit()
+    conn.close()
+
+
+def test_an_index_a_running_process_keeps_is_left_to_it_and_a_crashed_one_rebuilt(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    log = _hand_log(tmp_path / "cams.jsonl", time.time())
+    index = build_index(log)["index"]
+    _set_writer(index, os.getppid())  # alive, and not this process: a run keeping the index
+    with pytest.raises(BadInputError, match="running streamcap"):
+        build_index(log)
+    with open(log, "a") as fh:
+        fh.write('wn":"x"}\n')
+    with open_index(log) as idx:  # searched as it is: the running process indexes what is new
+        assert idx.count() == 5
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _set_writer(index, int(dead.stdout))  # a run that died while keeping it: rebuilt, no duplicates
+    with open_index(log) as idx:
+        assert idx.count() == 5 and len(idx.search("cat", kinds=("caption",))) == 1
