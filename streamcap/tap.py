@@ -28,10 +28,16 @@ Frames: ``tap.subscribe_frames(fn)``, ``fn(result: FrameResult, image: np.ndarra
 from the writer thread for every frame written, in each source's order, with the annotated
 image (BGR, the frame as drawn for the video: masks, tags, caption banner). ``image`` is the
 writer's array: copy or encode it before returning, never keep it to change. Same rules: quick,
-exceptions counted and never stop the run. ``wants_image(result)`` says whether anything
-attached needs the drawn image of that frame (for a writer that draws only when needed).
+exceptions counted and never stop the run. ``tap.wants_image(result)`` (also the
+``wants_image`` attribute of the ``on_frame`` callback ``run_job`` gives the pipeline) says
+whether anything attached needs the drawn image of that frame, for a writer that draws only
+when needed: a frame subscriber may define ``wants_image(result) -> bool`` (e.g. "a viewer is
+connected"); one without it always gets images.
 
-Subscribe before ``run_job`` starts; ``unsubscribe`` at any time (a web viewer leaving).
+Subscribe before ``run_job`` starts: the pipeline gets an ``on_frame`` callback only when a
+frame subscriber, the event store or the caller's ``on_frame`` exists at the start (so a plain
+run draws nothing extra). Viewers that come and go subscribe one dispatcher up front and
+answer ``wants_image`` by whether anyone watches. ``unsubscribe`` works at any time.
 """
 
 from __future__ import annotations
@@ -124,9 +130,18 @@ class RecordTap:
             self._call(self.events.on_frame, result, image)
 
     def wants_image(self, result: Any) -> bool:
-        """Whether anything attached needs this frame drawn."""
-        if self._frame_subscribers:
-            return True
+        """Whether anything attached needs this frame drawn: a frame subscriber that has no
+        ``wants_image(result)`` method always does; one that has it is asked (a web server
+        with no viewer says no); the event store does when a snapshot of that camera is due."""
+        for fn in self._frame_subscribers:
+            wants = getattr(fn, "wants_image", None)
+            if wants is None:
+                return True
+            try:
+                if wants(result):
+                    return True
+            except Exception:
+                return True
         return self.events is not None and self.events.wants_image(result)
 
     # -- errors ------------------------------------------------------------------------------------

@@ -166,3 +166,32 @@ def test_events_dir_that_is_a_file_is_bad_input(tmp_path):
         _run(tmp_path, events_dir=f)
     with pytest.raises(BadInputError, match="events-max-mb"):
         _run(tmp_path, events_dir=tmp_path / "ev", events_max_mb=0)
+
+
+def test_wants_image_asks_frame_subscribers_and_pending_snapshots(tmp_path):
+    from types import SimpleNamespace
+
+    tap = RecordTap()
+    result = SimpleNamespace(frame=SimpleNamespace(source="cam1", index=3), caption=None)
+    assert not tap.wants_image(result)
+    watching = {"n": 0}
+    tap.subscribe_frames(lambda r, image: None)
+    assert tap.wants_image(result)  # no wants_image: always gets images
+    tap = RecordTap()
+
+    class Viewer:
+        def __call__(self, r, image):
+            pass
+
+        def wants_image(self, r):
+            return watching["n"] > 0
+
+    tap.subscribe_frames(Viewer())
+    assert not tap.wants_image(result)
+    watching["n"] = 1
+    assert tap.wants_image(result)
+    watching["n"] = 0
+    tap.events = EventStore(tmp_path / "ev").open()
+    tap.add_enricher(tap.events.enrich)
+    tap.write("alert", source="cam1", frame_index=3, rule="r")
+    assert tap.wants_image(result)  # a snapshot of cam1 is due
