@@ -42,6 +42,7 @@ class Notifier:
         self.tap = None
         self._closed = False
         self._watch_sizes = False
+        self._size_fn = self._frame_size  # one bound method: the tap unsubscribes by identity
 
     def attach(self, tap: Any) -> "Notifier":
         self.tap = tap
@@ -53,7 +54,7 @@ class Notifier:
                 # Normalized zones need each camera's frame size: taken from the first frame drawn,
                 # then the frame subscription is dropped again (drawing costs).
                 self._watch_sizes = True
-                tap.subscribe_frames(self._frame_size)
+                tap.subscribe_frames(self._size_fn)
         if self.webhook_url:
             self.deliveries.append(WebhookDelivery(self.webhook_url, snapshot_path=self._snapshot_path,
                                                    report=tap.write, **self.webhook_options))
@@ -87,14 +88,14 @@ class Notifier:
             if self.deliveries:
                 record["deliveries"] = {d.name: d.stats() for d in self.deliveries}
         elif event == "source_status" and record.get("status") == "resolution_changed" and self._watch_sizes:
-            self.tap.subscribe_frames(self._frame_size)  # look at the new size once
+            self.tap.subscribe_frames(self._size_fn)  # look at the new size once
 
     def _frame_size(self, result: Any, image: Any) -> None:
         h, w = image.shape[:2]
         self.engine.set_frame_size(result.frame.source, w, h)
         known = set(self.engine.frame_sizes)
         if not self.cameras or known.issuperset(self.cameras):
-            self.tap.unsubscribe_frames(self._frame_size)
+            self.tap.unsubscribe_frames(self._size_fn)
 
     def _snapshot_path(self, name: str) -> Path | None:
         events = getattr(self.tap, "events", None)
