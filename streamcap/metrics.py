@@ -5,8 +5,8 @@ Prometheus text exposition (what the dashboard serves at ``/metrics``; ``serve(p
 alone on 127.0.0.1 when there is no dashboard). Values come from:
 
 - ``stats`` records: input and processed fps, frames read and processed, dropped frames,
-  latency, stage errors; per camera when the record has a ``sources`` breakdown
-  ({name: {field: value}}), otherwise for the run as ``camera="all"``;
+  latency: for the whole run as ``camera="all"``, and per camera from a ``sources`` breakdown
+  ({name: {field: value}}) when the record has one;
 - ``source_status``: connected (1/0), reconnects, lost connections, failed connects;
 - ``frame``: the latency of the last frame record per camera;
 - ``caption``, ``alert``, ``stage_error``, ``delivery_failed``/``delivery_dropped``: counts.
@@ -58,13 +58,12 @@ class Metrics:
         camera = record.get("source") or RUN
         with self._lock:
             if event == "stats":
+                self._take_stats(RUN, record)
                 per = record.get("sources")
-                if isinstance(per, dict) and per:
+                if isinstance(per, dict):
                     for name, values in per.items():
                         if isinstance(values, dict):
                             self._take_stats(name, values)
-                else:
-                    self._take_stats(RUN, record)
             elif event == "source_status":
                 status = str(record.get("status"))
                 self._status_counts[(camera, status)] += 1

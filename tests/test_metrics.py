@@ -69,7 +69,7 @@ def test_per_camera_stats_when_the_record_has_them():
     s = samples(m)
     assert s[("streamcap_input_fps", (("camera", "cam1"),))] == 25.0
     assert s[("streamcap_dropped_frames_total", (("camera", "cam2"),))] == 5
-    assert ("streamcap_input_fps", (("camera", "all"),)) not in s
+    assert s[("streamcap_input_fps", (("camera", "all"),))] == 50.0
 
 
 def test_own_registry_and_two_instances_apart():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import collections
-import json
 import logging
 import threading
 import time
@@ -24,6 +23,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
+
+from streamcap.sinks import record_line
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ class WebhookDelivery(Delivery):
                     body["snapshot_jpeg"] = base64.b64encode(Path(path).read_bytes()).decode("ascii")
                 except OSError as err:
                     log.warning("webhook: snapshot %s not readable: %s", name, err.strerror or err)
-        return json.dumps(body, ensure_ascii=False, default=str).encode("utf-8")
+        return record_line(body).encode("utf-8")  # numpy numbers as numbers, like the log
 
     def send(self, item: dict) -> None:
         request = urllib.request.Request(self._url, data=self.payload(item), headers=self.headers, method="POST")

@@ -24,6 +24,7 @@ import uuid
 from typing import Any
 
 from streamcap.alerts.delivery import Delivery
+from streamcap.sinks import record_line
 
 DEFAULT_PORT = 1883
 
@@ -165,8 +166,7 @@ class MqttDelivery(Delivery):
         if kind is None or camera is None:
             return []
         self._announce(camera)
-        payload = json.dumps({k: v for k, v in record.items() if k != "schema"}, ensure_ascii=False,
-                             separators=(",", ":"), default=str)
+        payload = record_line(record).rstrip("\n")  # the log's line: numpy numbers as numbers
         topic = self.topic(camera, kind)
         return [(topic, payload, kind != "alert", {"camera": camera, "topic": topic, "event": event})]
 
