@@ -6,7 +6,7 @@ alone on 127.0.0.1 when there is no dashboard). Values come from:
 
 - ``stats`` records: input and processed fps, frames read and processed, dropped frames,
   latency: for the whole run as ``camera="all"``, and per camera from a ``sources`` breakdown
-  ({name: {field: value}}) when the record has one;
+  ({name: {field: value}}) when the record has one; the ``end`` record's final counts;
 - ``source_status``: connected (1/0), reconnects, lost connections, failed connects;
 - ``frame``: the latency of the last frame record per camera;
 - ``caption``, ``alert``, ``stage_error``, ``delivery_failed``/``delivery_dropped``: counts.
@@ -64,6 +64,10 @@ class Metrics:
                     for name, values in per.items():
                         if isinstance(values, dict):
                             self._take_stats(name, values)
+            elif event == "end":  # the run's final counts (fps and latency stay as last reported)
+                final = {"frames_in": record.get("frames_read"), "processed": record.get("processed"),
+                         "dropped": record.get("dropped")}
+                self._take_stats(RUN, final)
             elif event == "source_status":
                 status = str(record.get("status"))
                 self._status_counts[(camera, status)] += 1

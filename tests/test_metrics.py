@@ -61,6 +61,16 @@ def test_values_from_records():
     assert s[("streamcap_delivery_dropped_total", (("sink", "mqtt"),))] == 4
 
 
+def test_end_record_gives_the_final_counts():
+    m = Metrics()
+    m.on_record({"event": "stats", "source": None, "input_fps": 24.0, "frames_in": 10, "processed": 9, "dropped": 1})
+    m.on_record({"event": "end", "source": None, "frames_read": 80, "processed": 78, "dropped": 2, "written": 78})
+    s = samples(m)
+    run = (("camera", "all"),)
+    assert (s[("streamcap_frames_read_total", run)], s[("streamcap_frames_processed_total", run)],
+            s[("streamcap_dropped_frames_total", run)], s[("streamcap_input_fps", run)]) == (80, 78, 2, 24.0)
+
+
 def test_per_camera_stats_when_the_record_has_them():
     m = Metrics()
     m.on_record({"event": "stats", "source": None, "input_fps": 50.0, "processed_fps": 20.0,
