@@ -41,7 +41,7 @@ SNAPSHOT_SUFFIX = ".jpg"
 def camera_folder(camera: str | None) -> str:
     """A file-system-safe folder name for a camera: its name's letters and digits, and a hash."""
     name = camera or "run"
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:48] or "camera"
+    slug = re.sub(r"[^A-Za-z0-9-]+", "_", name).strip("_-")[:48] or "camera"
     return f"{slug}-{hashlib.sha1(name.encode('utf-8')).hexdigest()[:6]}"
 
 

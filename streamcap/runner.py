@@ -315,6 +315,11 @@ def run(
     captioner: Any = None,
     progress: bool = False,
     duration_s: float | None = None,
+    events_dir: str | Path | None = None,
+    events_max_mb: float = 500.0,
+    index: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+    tap: RecordTap | None = None,
     **source_options: Any,
 ) -> RunSummary:
     """Run streamcap from Python: one source (or several) through the models into sinks.
@@ -322,7 +327,11 @@ def run(
     ``segment``/``caption``: True for the defaults, False to leave the model out, or a dict of
     options (``SegmenterConfig`` fields; ``model``, ``beam``, ``every``, ``interval`` for
     captions). ``on_result(result)`` gets each ``FrameResult`` in order; ``on_frame(result,
-    image)`` also gets the annotated image. ``source_options`` go to ``SourceConfig``
+    image)`` also gets the annotated image. ``on_record(record)`` gets every log record (the
+    dict the JSONL line holds), with or without ``log``; ``tap`` is a ``streamcap.tap.RecordTap``
+    with subscribers attached (see its rules). ``events_dir``: event snapshots (and the log at
+    ``events_dir/events.jsonl`` when no ``log`` is given); ``index``: keep the log's search index
+    (``LOG.index.sqlite``) up to date. ``source_options`` go to ``SourceConfig``
     (``stride``, ``drop``, ``rtsp_transport``, ``max_retries``, ...). Raises StreamcapError on
     bad input; the returned summary carries the exit code of anything that failed later.
     """
@@ -340,6 +349,8 @@ def run(
             raise BadInputError(f"caption interval must be 0 or more seconds; got {interval!r}")
     job = Job(command="api", sources=configs, out=Path(out) if out else None, overwrite=overwrite,
               log=Path(log) if log else None, progress=progress, segment=seg, caption=cap,
-              pipeline=pipeline or PipelineConfig(), duration_s=duration_s)
+              pipeline=pipeline or PipelineConfig(), duration_s=duration_s,
+              events_dir=Path(events_dir) if events_dir else None, events_max_mb=events_max_mb, index=index)
     return run_job(job, on_result=on_result, on_frame=on_frame, stage=stage, captioner=captioner,
-                   install_signals=threading.current_thread() is threading.main_thread())
+                   install_signals=threading.current_thread() is threading.main_thread(), tap=tap,
+                   on_record=on_record)

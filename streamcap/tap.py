@@ -116,11 +116,12 @@ class RecordTap:
 
     # -- frames ------------------------------------------------------------------------------------
     def on_frame(self, result: Any, image: Any) -> None:
-        """The pipeline's ``on_frame``: the event store first, then every frame subscriber."""
-        if self.events is not None:
-            self._call(self.events.on_frame, result, image)
+        """The pipeline's ``on_frame``: every frame subscriber, then the event store (so an alert
+        record a subscriber writes for this frame gets its snapshot from this very frame)."""
         for fn in self._frame_subscribers:
             self._call(fn, result, image)
+        if self.events is not None:
+            self._call(self.events.on_frame, result, image)
 
     def wants_image(self, result: Any) -> bool:
         """Whether anything attached needs this frame drawn."""

@@ -2,8 +2,9 @@
 detected object labels, and every alert, kept beside the JSONL log.
 
 One row per searchable moment in ``entries`` (time, camera, frame index, kind, texts, snapshot),
-mirrored into the FTS5 table ``fts`` (external content, same rowid; porter stemming, so "dogs"
-finds "dog"). Rows come from log records by ``rows_from_record``, the same way whether the index
+with the same rowid in the contentless FTS5 table ``fts`` (porter stemming, so "dogs" finds
+"dog"; its ``tags`` column holds one token for the camera and one for the kind, so that those
+filters are part of the full-text match). Rows come from log records by ``rows_from_record``, the same way whether the index
 is built while running (``IndexWriter``, a record-tap subscriber with its own thread) or
 rebuilt from a log (``build_index``). ``meta`` remembers how many bytes of the log are indexed,
 so a search on a log that grew only reads the new part.
@@ -11,6 +12,7 @@ so a search on a log that grew only reads the new part.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -43,17 +45,25 @@ CREATE TABLE IF NOT EXISTS entries(
     snapshot TEXT
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-    shown, raw, labels, content='entries', content_rowid='id',
+    shown, raw, labels, tags, content='',
     tokenize='porter unicode61 remove_diacritics 2'
 );
 """
 SECONDARY_INDEXES = """
 CREATE INDEX IF NOT EXISTS entries_t ON entries(t);
-CREATE INDEX IF NOT EXISTS entries_camera ON entries(camera, id);
 """
 INSERT_ENTRY = ("INSERT INTO entries(id, t, camera, frame_index, kind, shown, raw, labels, snapshot) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-INSERT_FTS = "INSERT INTO fts(rowid, shown, raw, labels) VALUES (?, ?, ?, ?)"
+INSERT_FTS = "INSERT INTO fts(rowid, shown, raw, labels, tags) VALUES (?, ?, ?, ?, ?)"
+
+
+def camera_tag(camera: str | None) -> str:
+    """The one token that stands for a camera in the ``tags`` column."""
+    return "c" + hashlib.sha1((camera or "").encode("utf-8")).hexdigest()[:16]
+
+
+def kind_tag(kind: str) -> str:
+    return "k" + kind
 
 
 def index_path_for(log_path: str | os.PathLike) -> Path:
@@ -181,7 +191,8 @@ def insert_rows(conn: sqlite3.Connection, rows: list[tuple]) -> None:
     start = (conn.execute("SELECT max(id) FROM entries").fetchone()[0] or 0) + 1
     ids = range(start, start + len(rows))
     conn.executemany(INSERT_ENTRY, [(i, *r) for i, r in zip(ids, rows)])
-    conn.executemany(INSERT_FTS, [(i, r[4], r[5], r[6]) for i, r in zip(ids, rows)])
+    conn.executemany(INSERT_FTS, [(i, r[4], r[5], r[6], f"{camera_tag(r[1])} {kind_tag(r[3])}")
+                                  for i, r in zip(ids, rows)])
 
 
 # -- reading logs -------------------------------------------------------------------------------------
@@ -244,14 +255,50 @@ def index_log(conn: sqlite3.Connection, log_path: Path, start: int = 0, end: int
     return stats
 
 
+def writer_pid(conn: sqlite3.Connection) -> int | None:
+    """The process keeping this index while it runs, or None."""
+    value = get_meta(conn, "writer_pid")
+    return int(value) if value else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _live_writer(index_path: Path) -> int | None:
+    """The pid of a running streamcap that keeps this index, if any."""
+    if not index_path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(str(index_path), timeout=10.0)
+        try:
+            pid = writer_pid(conn)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return None
+    return pid if pid is not None and pid != os.getpid() and pid_alive(pid) else None
+
+
 def build_index(log_path: str | os.PathLike, index_path: str | os.PathLike | None = None, *,
                 on_progress: Callable[[int], None] | None = None, events_dir: str | None = None) -> dict[str, Any]:
     """Rebuild the index of a log from scratch (into a temporary file renamed into place, so a
-    search never sees half an index); returns the counts and the index path."""
+    search never sees half an index); returns the counts and the index path. Refused
+    (BadInputError) while a running streamcap keeps that index."""
     log_path = Path(log_path)
     if not log_path.is_file():
         raise BadInputError(f"log {log_path} does not exist" if not log_path.exists() else f"not a file: {log_path}")
     index_path = Path(index_path) if index_path is not None else index_path_for(log_path)
+    pid = _live_writer(index_path)
+    if pid is not None:
+        raise BadInputError(f"a running streamcap (pid {pid}) keeps {index_path} up to date; "
+                            "search it as it is, or rebuild after that run ends")
     tmp = index_path.with_name(f".{index_path.name}.building")
     for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         p.unlink(missing_ok=True)
@@ -279,15 +326,21 @@ def build_index(log_path: str | os.PathLike, index_path: str | os.PathLike | Non
 
 def catch_up(index_path: Path, log_path: Path, *, on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Bring an index up to date with its log: index what was appended since; rebuild when the
-    index is missing, unreadable, or the log is shorter than what it says it indexed."""
+    index is missing, unreadable, was left by a run that crashed, or the log is shorter than
+    what it says it indexed. An index a running streamcap keeps is left to it."""
     size = log_path.stat().st_size
+    if not index_path.is_file():
+        return build_index(log_path, index_path, on_progress=on_progress)
     try:
         conn = connect(index_path)
     except sqlite3.DatabaseError:
         return build_index(log_path, index_path, on_progress=on_progress)
     try:
         offset = int(get_meta(conn, "log_offset") or 0)
-        if offset > size:
+        pid = writer_pid(conn)
+        if pid is not None and pid_alive(pid):
+            return {"records": 0, "rows": 0, "skipped": 0, "offset": offset, "index": str(index_path), "live": pid}
+        if pid is not None or offset > size:  # a run died while keeping it, or the log was replaced
             conn.close()
             return build_index(log_path, index_path, on_progress=on_progress)
         if get_meta(conn, "log_path") is None:
@@ -351,10 +404,17 @@ class IndexWriter:
             conn = connect(self.path)
         if self.events_dir is not None:
             set_meta(conn, "events_dir", str(self.events_dir.resolve()))
+        other = writer_pid(conn)
+        if other is not None and other != os.getpid() and pid_alive(other):
+            conn.close()
+            raise RuntimeError(f"another streamcap (pid {other}) keeps this index")
+        set_meta(conn, "writer_pid", os.getpid())
         if self.log_path is not None:
             set_meta(conn, "log_path", str(self.log_path.resolve()))
             offset = int(get_meta(conn, "log_offset") or 0)
-            if offset > self._start_size:  # the log was replaced: index it again
+            # The log was replaced, or a run died while keeping the index (rows past its
+            # recorded offset): index it again.
+            if other is not None or offset > self._start_size:
                 conn.execute("DELETE FROM entries")
                 conn.execute("INSERT INTO fts(fts) VALUES ('delete-all')")
                 offset = 0
@@ -405,8 +465,10 @@ class IndexWriter:
     def _commit(self, conn: sqlite3.Connection, rows: list[tuple], final: bool) -> None:
         conn.execute("BEGIN IMMEDIATE")
         insert_rows(conn, rows)
-        if final and self.log_path is not None and self.log_path.exists():
-            set_meta(conn, "log_offset", self.log_path.stat().st_size)
+        if final:
+            if self.log_path is not None and self.log_path.exists():
+                set_meta(conn, "log_offset", self.log_path.stat().st_size)
+            set_meta(conn, "writer_pid", None)
         conn.execute("COMMIT")
         self.rows += len(rows)
         self.committed.set()

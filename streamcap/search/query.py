@@ -10,12 +10,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from streamcap.errors import BadInputError
-from streamcap.search.index import catch_up, connect, get_meta, index_path_for
+from streamcap.search.index import KINDS, camera_tag, catch_up, connect, get_meta, index_path_for, kind_tag
 from streamcap.sinks import iso_time
 
 ORDERS = ("best", "newest")
 # Relative weights of the columns for "best": the shown caption, the raw caption, object labels.
 BM25_WEIGHTS = (1.0, 0.6, 0.8)
+# "best" ranks at most this many matches, the newest (see SearchIndex._match).
+RANK_WINDOW = 5000
+# Words nearly every caption has: left out of a search that has other words (not from phrases
+# or OR), since they narrow nothing and make the match read a posting list as long as the index.
+STOPWORDS = frozenset("a an the of on in at to is are and with by for its it this that".split())
 _TOKEN = re.compile(r'"([^"]*)"(\*?)|(\S+)')
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -26,7 +31,8 @@ def to_fts_query(text: str) -> str:
     Words are all required (``dog sofa``); ``"a phrase"`` in double quotes; ``word*`` a
     prefix; ``OR`` between two terms takes either; ``-word`` excludes. Punctuation inside words
     is ignored (``dog's`` is the phrase ``dog s``). Anything else that FTS5 would read as syntax
-    is quoted. BadInputError (exit 2) for an unbalanced quote, a dangling OR, or no word to find.
+    is quoted. Single common words (``STOPWORDS``: a, the, on, ...) are left out when the search
+    has other words (``dog on sofa`` finds ``dog`` and ``sofa``). BadInputError (exit 2) for an unbalanced quote, a dangling OR, or no word to find.
     """
     if text.count('"') % 2:
         raise BadInputError(f"unbalanced double quote in search {text!r}")
@@ -65,6 +71,8 @@ def to_fts_query(text: str) -> str:
             groups.append([term])
     if not groups:
         raise BadInputError(f"nothing to search for in {text!r}: give at least one word that is not excluded")
+    kept = [g for g in groups if not (len(g) == 1 and g[0].strip('"').lower() in STOPWORDS)]
+    groups = kept or groups
     query = " AND ".join(g[0] if len(g) == 1 else "(" + " OR ".join(g) + ")" for g in groups)
     if excluded:
         query = "(" + query + ")" + "".join(f" NOT {t}" for t in excluded)
@@ -138,45 +146,67 @@ class SearchIndex:
         ``caption`` is the shown caption (for ``objects`` rows the labels, for alerts the alert's
         text); ``snapshot`` is relative to the events folder or None. ``camera``: only that camera
         (its name as logged); ``since_s``: only the last so many seconds; ``order``: ``best``
-        (BM25 rank, ties newest first) or ``newest``; ``kinds``: some of caption, objects, alert.
+        (BM25 rank, ties newest first; a search matching more than RANK_WINDOW entries ranks
+        the newest RANK_WINDOW of them, to stay fast) or ``newest``; ``score`` is the BM25 score
+        (higher is better; None with ``newest``); ``kinds``: some of caption, objects, alert.
         """
         if order not in ORDERS:
             raise BadInputError(f"unknown order {order!r}; choose {' or '.join(ORDERS)}")
+        if kinds and any(k not in KINDS for k in kinds):
+            raise BadInputError(f"unknown kind in {kinds!r}; choose from {', '.join(KINDS)}")
         if not isinstance(limit, int) or limit < 1:
             raise BadInputError(f"limit must be a whole number, 1 or more; got {limit!r}")
-        query = to_fts_query(text)
-        where, params = ["fts MATCH ?"], [query]
+        match = "{shown raw labels} : (" + to_fts_query(text) + ")"
+        if camera is not None:
+            match += f' AND tags : "{camera_tag(camera)}"'
+        if kinds:
+            match += " AND tags : (" + " OR ".join(f'"{kind_tag(k)}"' for k in kinds) + ")"
+        cutoff = None if since_s is None else (time.time() if now is None else now) - since_s
         with self._lock:
-            if since_s is not None:
-                cutoff = (time.time() if now is None else now) - since_s
-                first = self._conn.execute("SELECT min(id) FROM entries WHERE t >= ?", (cutoff,)).fetchone()[0]
-                if first is None:
-                    return []
-                # Rows go in in log order, so ids follow time: an id range FTS5 can use,
-                # then the exact time check (logs appended from clocks that went back).
-                where.append("fts.rowid >= ?")
-                params.append(first)
-                where.append("e.t >= ?")
-                params.append(cutoff)
-            if camera is not None:
-                where.append("e.camera = ?")
-                params.append(camera)
-            if kinds:
-                where.append(f"e.kind IN ({','.join('?' * len(kinds))})")
-                params.extend(kinds)
-            score = "bm25(fts, {}, {}, {})".format(*BM25_WEIGHTS)
-            order_by = "score, e.id DESC" if order == "best" else "e.id DESC"
-            sql = (f"SELECT e.id, e.t, e.camera, e.frame_index, e.kind, e.shown, e.raw, e.labels, e.snapshot, "
-                   f"{score} AS score FROM fts JOIN entries e ON e.id = fts.rowid "
-                   f"WHERE {' AND '.join(where)} ORDER BY {order_by} LIMIT ?")
-            params.append(limit)
             try:
-                rows = self._conn.execute(sql, params).fetchall()
+                rows = self._match(match, cutoff, limit, order)
             except sqlite3.OperationalError as err:
                 raise BadInputError(f"cannot search for {text!r}: {err}") from None
-        return [{"id": r[0], "time": iso_time(r[1]), "t": r[1], "camera": r[2], "frame_index": r[3],
-                 "kind": r[4], "caption": r[5] if r[5] is not None else r[7], "raw": r[6], "labels": r[7],
-                 "snapshot": r[8], "score": round(-r[9], 4)} for r in rows]
+        return rows
+
+    def _match(self, match: str, cutoff: float | None, limit: int, order: str) -> list[dict]:
+        conn = self._conn
+        low = 0
+        if cutoff is not None:
+            # Rows go in in log order, so ids follow time: the first id at or after the cutoff
+            # is a rowid bound FTS5 uses directly (times are checked again below).
+            first = conn.execute("SELECT min(id) FROM entries INDEXED BY entries_t WHERE t >= ?", (cutoff,)).fetchone()[0]
+            if first is None:
+                return []
+            low = first
+        if order == "newest":
+            hits = conn.execute("SELECT rowid, NULL FROM fts WHERE fts MATCH ? AND rowid >= ? "
+                                "ORDER BY rowid DESC LIMIT ?", (match, low, limit)).fetchall()
+        else:
+            # Ranking reads every match: with more than RANK_WINDOW matches, the newest
+            # RANK_WINDOW of them are ranked (found in rowid order, which FTS5 streams).
+            edge = conn.execute("SELECT rowid FROM fts WHERE fts MATCH ? AND rowid >= ? ORDER BY rowid DESC "
+                                "LIMIT 1 OFFSET ?", (match, low, RANK_WINDOW - 1)).fetchone()
+            if edge is not None:
+                low = max(low, edge[0])
+            score = "bm25(fts, {}, {}, {}, 0.0)".format(*BM25_WEIGHTS)
+            hits = conn.execute(f"SELECT rowid, {score} AS s FROM fts WHERE fts MATCH ? AND rowid >= ? "
+                                "ORDER BY s, rowid DESC LIMIT ?", (match, low, limit)).fetchall()
+        if not hits:
+            return []
+        ids = [h[0] for h in hits]
+        found = {r[0]: r for r in conn.execute(
+            "SELECT id, t, camera, frame_index, kind, shown, raw, labels, snapshot FROM entries "
+            f"WHERE id IN ({','.join('?' * len(ids))})", ids)}
+        out = []
+        for rowid, score in hits:
+            r = found.get(rowid)
+            if r is None or (cutoff is not None and r[1] < cutoff):
+                continue
+            out.append({"id": r[0], "time": iso_time(r[1]), "t": r[1], "camera": r[2], "frame_index": r[3],
+                        "kind": r[4], "caption": r[5] if r[5] is not None else r[7], "raw": r[6], "labels": r[7],
+                        "snapshot": r[8], "score": None if score is None else round(-score, 4)})
+        return out
 
     def close(self) -> None:
         self._conn.close()
