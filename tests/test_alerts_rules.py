@@ -46,6 +46,7 @@ def test_object_rule_fires_once_per_presence():
     assert first["event"] == "alert" and first["source"] == "cam1" and first["rule"] == "p"
     assert first["matched"]["kind"] == "object" and first["matched"]["objects"][0]["track_id"] == 1
     assert first["pts_s"] == 0.1 and first["frame_time"] == "t0.1"
+    assert first["message"] == "1 person" and first["label"] == "person"
 
 
 def test_min_duration_counts_stream_time_and_a_gap_restarts_it():
@@ -56,6 +57,7 @@ def test_min_duration_counts_stream_time_and_a_gap_restarts_it():
     alerts = run([rule], seq, grace_s=1.0)
     assert len(alerts) == 1
     assert alerts[0]["pts_s"] == 5.5 and alerts[0]["duration_s"] == 2.0
+    assert alerts[0]["message"] == "1 person for 2.0 s"
 
 
 def test_a_short_miss_within_the_grace_keeps_the_episode():
@@ -82,6 +84,7 @@ def test_zone_in_pixels_uses_where_the_object_stands():
     alerts = run([rule], [frame(0, [outside, dog_inside]), frame(1, [outside, inside])])
     assert [a["pts_s"] for a in alerts] == [1]
     assert alerts[0]["matched"]["count"] == 1 and alerts[0]["matched"]["objects"][0]["box"] == [120, 60, 180, 150]
+    assert alerts[0]["message"] == "1 person in zone"
 
 
 def test_normalized_zone_needs_the_frame_size():
@@ -123,6 +126,7 @@ def test_caption_rule_matches_whole_words_in_the_shown_caption():
     alerts = run([rule], seq)
     assert [a["pts_s"] for a in alerts] == [2, 8]
     assert alerts[0]["matched"] == {"kind": "caption", "caption": "a dog on the sofa", "words": ["dog"]}
+    assert alerts[0]["message"] == "a dog on the sofa" and "label" not in alerts[0]
     assert rule.name == "caption:dog"
     two = Rule(name="two", caption=("dog", "sofa"), cooldown_s=0)
     assert [a["pts_s"] for a in run([two], seq)] == [2]

@@ -57,3 +57,21 @@ def test_normalized_zone_learns_the_frame_size_from_one_frame():
     # a new resolution: one more frame is looked at
     tap.write("source_status", source="cam1", status="resolution_changed", old_size=[400, 100], new_size=[800, 200])
     assert tap.has_frame_subscribers
+
+
+def test_alerts_are_searchable(tmp_path):
+    """The alert's message reaches the search index kept beside the log."""
+    from streamcap.search import IndexWriter, SearchIndex, index_path_for
+
+    log = tmp_path / "run.jsonl"
+    tap = RecordTap(JsonlSink(log).open())
+    index = IndexWriter(index_path_for(log), log_path=log).start()
+    tap.subscribe(index)
+    Notifier([Rule(name="door", object="person", cooldown_s=0)]).attach(tap)
+    tap.write("frame", source="cam1", frame_index=4, pts_s=0.4, detections={"count": 1, "objects": [person([0, 0, 9, 9])]})
+    tap.close()
+    tap.unsubscribe(index)
+    index.close()
+    with SearchIndex(index_path_for(log)) as idx:
+        hits = idx.search("person", kinds=("alert",))
+    assert [(h["camera"], h["frame_index"], h["kind"], h["caption"]) for h in hits] == [("cam1", 4, "alert", "1 person")]

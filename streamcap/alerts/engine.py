@@ -84,7 +84,10 @@ class AlertEngine:
                 fields = self._step(rule, camera, float(t), bool(matched), grace)
                 if fields is not None:
                     fields.update(frame_index=record.get("frame_index"), pts_s=record.get("pts_s"),
-                                  frame_time=record.get("frame_time"), matched=what)
+                                  frame_time=record.get("frame_time"), message=_message(rule, what, fields),
+                                  matched=what)
+                    if rule.kind == "object":
+                        fields["label"] = rule.object
                     fire.append(fields)
         for fields in fire:  # outside the lock: emitting may call back into subscribers
             self._fire(camera, fields)
@@ -164,3 +167,16 @@ class AlertEngine:
         self.alerts += 1
         log.info("alert %s on %s at frame %s", fields["rule"], camera, fields.get("frame_index"))
         self.emit("alert", source=camera, **fields)
+
+
+def _message(rule: Rule, what: dict, fields: dict) -> str:
+    """What happened, in words (search and the dashboard show it): ``2 person in zone for 3.0 s``
+    or the shown caption."""
+    if what["kind"] == "caption":
+        return str(what["caption"])
+    text = f"{what['count']} {rule.object}"
+    if rule.zone is not None:
+        text += " in zone"
+    if rule.min_duration_s:
+        text += f" for {fields['duration_s']:.1f} s"
+    return text
