@@ -205,7 +205,11 @@ class Carrier:
 
     def _advance_carry(self, small: np.ndarray, grey: np.ndarray) -> list[Optional[np.ndarray]]:
         cfg = self.config
-        self._flow = flow = self._dis.calc(grey, self._key_grey, self._flow)
+        # The first flow after a keyframe starts from an explicit zero field: given no initial flow
+        # after a call that had one, OpenCV's DIS reuses that stale initial flow, so the carried
+        # masks would depend on what was computed before the keyframe.
+        init = self._flow if self._flow is not None else np.zeros((*grey.shape, 2), np.float32)
+        self._flow = flow = self._dis.calc(grey, self._key_grey, init)
         mx, my = self._grid[0] + flow[..., 0], self._grid[1] + flow[..., 1]
         warped_key = cv2.remap(self._key_grey, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         err = cv2.blur(cv2.absdiff(warped_key, grey), (5, 5))

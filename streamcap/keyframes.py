@@ -77,8 +77,17 @@ class SourceTracks:
 
     def step(self, image: np.ndarray, seq: int) -> tuple[Detections, Optional[np.ndarray]]:
         """The objects carried to frame ``seq`` (the next frame of this source)."""
-        self.masks = self.carrier.step(image, frame=seq)
+        self.advance(image, seq)
         return self.carried(image.shape[:2])
+
+    def advance(self, image: np.ndarray, seq: int) -> None:
+        """Carry the masks to frame ``seq`` (the next frame) without building its ``Detections``."""
+        self.masks = self.carrier.step(image, frame=seq)
+
+    def matches_carried(self) -> bool:
+        """True when a keyframe's objects are matched against carried masks (tracking on and some
+        object alive): only then does the keyframe frame itself need the carried masks (one flow)."""
+        return self.tracker is not None and self.key is not None and any(m is not None for m in self.masks)
 
     def keyframe(self, image: np.ndarray, det: Detections, seq: int, max_steps: Optional[int] = None) -> None:
         """Start carrying ``det`` found on frame ``seq`` (the newest frame or an earlier one);
@@ -255,16 +264,25 @@ class CarryWorker:
         state = self._tracks(frame, block)
         keyframe = False
         if block:
-            det, ids = state.step(frame.image, seq)
-            if seq % (1 if self.every == AUTO else self.every) == 0:
+            if seq % (1 if self.every == AUTO else self.every) != 0:
+                det, ids = state.step(frame.image, seq)
+            else:
                 self.keyframes.submit(name, seq, frame)
+                if state.matches_carried():  # tracks are matched on this frame: carry to it (meanwhile)
+                    state.advance(frame.image, seq)
                 got = self.keyframes.wait(name, seq)
                 if got is None:
                     return None
-                if got[2] is not None:  # a failed keyframe (counted, logged): its frame keeps the carried objects
+                if got[2] is not None:
+                    # The carrier takes the keyframe as a new frame when it was not stepped to it:
+                    # the same start (no flow is kept across a keyframe), one flow fewer.
                     state.keyframe(frame.image, got[2], seq)
                     det, ids = state.exact()
                     keyframe = True
+                else:  # a failed keyframe (counted, logged): its frame keeps the carried objects
+                    if state.carrier.frame != seq:
+                        state.advance(frame.image, seq)
+                    det, ids = state.carried(frame.image.shape[:2])
         else:
             self._last_seen[name] = frame.mono_ts
             for k, kframe, kdet in self.keyframes.take(name):

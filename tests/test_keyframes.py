@@ -319,3 +319,25 @@ def test_two_live_sources_share_the_keyframe_worker(tmp_path):
         assert any(len(r.detections) for r in mine)
         # ids are per source: each square is object 1 of its own camera
         assert {int(i) for r in mine for i in r.extras["track_ids"]} == {1}
+
+
+def test_file_keyframe_frames_compute_no_flow_unless_tracks_are_matched_on_them(tmp_path, monkeypatch):
+    # A blocking source's keyframe frame shows the model's own objects: the carrier needs no flow
+    # to it, except to give the tracker the carried masks to match (tracking on, objects alive).
+    from streamcap import carry
+
+    video = moving_square_video(tmp_path / "square.avi", n=30)
+    steps: list[int] = []
+    real_step = carry.Carrier.step
+    monkeypatch.setattr(carry.Carrier, "step", lambda self, image, frame=None: (steps.append(frame), real_step(self, image, frame))[1])
+    results = {}
+    for track in (False, True):
+        steps.clear()
+        seen = []
+        summary = run(str(video), caption=False, stage=SquareStage(), on_result=seen.append,
+                      pipeline=PipelineConfig(seg_every=4, track=track))
+        assert summary.exit_code == EXIT_OK and summary.written == 30
+        carried_frames = [i for i in range(30) if i % 4]
+        assert steps == (carried_frames if not track else sorted(carried_frames + list(range(4, 30, 4))))
+        results[track] = [(r.extras["keyframe"], r.detections.boxes.tolist(), r.detections.masks.tobytes()) for r in seen]
+    assert results[False] == results[True]  # the same objects and masks either way
