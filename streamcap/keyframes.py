@@ -114,8 +114,15 @@ class SourceTracks:
         if self.key is None:
             return Detections.empty(size=(w, h)), (np.zeros(0, np.int64) if self.tracker else None)
         keep = [i for i, m in enumerate(self.masks) if m is not None]
-        masks = np.stack([self.masks[i] for i in keep]) if keep else np.zeros((0, h, w), bool)
-        det = Detections(boxes=mask_boxes(masks), scores=self.key.scores[keep], labels=self.key.labels[keep],
+        block, boxes = self.carrier.block, self.carrier.boxes
+        if keep and block is not None and all(self.masks[i].base is block for i in keep):
+            # the carrier's masks are planes of one array, with their boxes: no copy when all live
+            masks = block if len(keep) == len(block) else block[keep]
+            boxes = boxes if len(keep) == len(block) else boxes[keep]
+        else:
+            masks = np.stack([self.masks[i] for i in keep]) if keep else np.zeros((0, h, w), bool)
+            boxes = mask_boxes(masks)
+        det = Detections(boxes=boxes, scores=self.key.scores[keep], labels=self.key.labels[keep],
                          names=self.key.names, masks=masks)
         return det, (self.ids[keep] if self.ids is not None else None)
 
