@@ -23,6 +23,7 @@ so it is drawn where the objects are now, from the next frame on.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Optional
 
 import cv2
@@ -40,6 +41,10 @@ LIVE_HISTORY = 128  # frames a live carrier keeps for late keyframes (5 s at 25 
 # model), so the frames behind it are not held up.
 LIVE_CATCHUP_STEPS = 8
 ACTIVE_S = 1.0  # auto: a live source that delivered a frame this recently takes its turn at the model
+# auto: every frame is segmented while the model's time per frame, times the frames a second the live
+# sources deliver, stays under AUTO_ENTER; keyframes again once it passes AUTO_EXIT (hysteresis).
+AUTO_ENTER = 0.7
+AUTO_EXIT = 0.9
 
 
 def parse_seg_every(value: Any) -> int | str:
@@ -65,6 +70,50 @@ def mask_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
+class AutoRate:
+    """``auto`` on live sources: segment every frame (no carrying, no carry latency) while the model
+    keeps up with the frames arriving, keyframes when it does not.
+
+    The load is the model's seconds per frame (a running mean of its calls) times the frames a
+    second of the sources active in the last ACTIVE_S (from their frame timestamps). Keyframes at
+    first; every frame once the load is under ``enter``; keyframes again once it is over ``exit``.
+    """
+
+    def __init__(self, enter: float = AUTO_ENTER, exit: float = AUTO_EXIT, smooth: float = 0.3) -> None:
+        self.enter, self.exit, self.smooth = enter, exit, smooth
+        self.every_frame = False
+        self.model_s: Optional[float] = None  # seconds per frame
+        self._interval: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+
+    def _mean(self, old: Optional[float], new: float) -> float:
+        return new if old is None else old + self.smooth * (new - old)
+
+    def frame(self, source: str, ts: float) -> None:
+        last = self._last.get(source)
+        self._last[source] = ts
+        if last is not None and ts > last:
+            self._interval[source] = self._mean(self._interval.get(source), ts - last)
+
+    def model(self, seconds: float, frames: int) -> None:
+        if frames > 0:
+            self.model_s = self._mean(self.model_s, seconds / frames)
+
+    def load(self, now: float) -> Optional[float]:
+        rate = sum(1.0 / iv for name, iv in self._interval.items() if now - self._last[name] < ACTIVE_S)
+        return None if self.model_s is None or not rate else self.model_s * rate
+
+    def decide(self, now: float) -> bool:
+        """True: segment every frame now."""
+        load = self.load(now)
+        if load is not None:
+            if self.every_frame and load > self.exit:
+                self.every_frame = False
+            elif not self.every_frame and load < self.enter:
+                self.every_frame = True
+        return self.every_frame
+
+
 class SourceTracks:
     """One source's objects: the last keyframe's detections, carried to each later frame, with ids."""
 
@@ -74,6 +123,7 @@ class SourceTracks:
         self.key: Optional[Detections] = None  # the keyframe's detections (labels, scores, names)
         self.ids: Optional[np.ndarray] = None  # one per keyframe object
         self.masks: list[Optional[np.ndarray]] = []  # per keyframe object on the newest frame; None = dropped
+        self._unstarted: Optional[tuple] = None  # an exact frame (image, masks, seq) the carrier has not started from
 
     def step(self, image: np.ndarray, seq: int) -> tuple[Detections, Optional[np.ndarray]]:
         """The objects carried to frame ``seq`` (the next frame of this source)."""
@@ -82,6 +132,7 @@ class SourceTracks:
 
     def advance(self, image: np.ndarray, seq: int) -> None:
         """Carry the masks to frame ``seq`` (the next frame) without building its ``Detections``."""
+        self._start_carrier()
         self.masks = self.carrier.step(image, frame=seq)
 
     def matches_carried(self) -> bool:
@@ -92,6 +143,7 @@ class SourceTracks:
     def keyframe(self, image: np.ndarray, det: Detections, seq: int, max_steps: Optional[int] = None) -> None:
         """Start carrying ``det`` found on frame ``seq`` (the newest frame or an earlier one);
         tracks are matched on the newest frame."""
+        self._start_carrier()
         det = _sorted(det)
         masks = det.masks if det.masks is not None else box_masks(det.boxes, image.shape[:2])
         prev = [(m, int(self.key.labels[i]), int(self.ids[i])) for i, m in enumerate(self.masks)
@@ -108,6 +160,26 @@ class SourceTracks:
         dead = [i for i, m in enumerate(self.masks) if m is None]
         ids[dead] = self.tracker.new_ids(len(dead))  # never shown (collapsed), but each object has one
         self.ids = ids
+
+    def exact_frame(self, image: np.ndarray, det: Detections, seq: int) -> None:
+        """Frame ``seq`` was segmented (every frame is, for now): its objects, with ids matched to
+        the previous frame's objects as they were (no flow); the carrier starts from it only when
+        a later frame needs carrying."""
+        det = _sorted(det)
+        masks = list(det.masks if det.masks is not None else box_masks(det.boxes, image.shape[:2]))
+        if self.tracker is not None:
+            prev = [(m, int(self.key.labels[i]), int(self.ids[i])) for i, m in enumerate(self.masks)
+                    if m is not None and m.shape == image.shape[:2]] if self.key is not None and self.ids is not None else []
+            self.ids = self.tracker.match([p[0] for p in prev], [p[1] for p in prev], [p[2] for p in prev],
+                                          masks, det.labels)
+        self.key, self.masks = det, masks
+        self._unstarted = (image, masks, seq)
+
+    def _start_carrier(self) -> None:
+        unstarted, self._unstarted = self._unstarted, None
+        if unstarted is not None:
+            image, masks, seq = unstarted
+            self.masks = self.carrier.keyframe(image, masks, frame=seq)
 
     def carried(self, shape: tuple[int, int]) -> tuple[Detections, Optional[np.ndarray]]:
         h, w = shape
@@ -147,6 +219,7 @@ class KeyframeWorker:
         self._results: dict[str, list[tuple[int, Frame, Optional[Detections]]]] = {}
         self._busy = False
         self._turn = 0
+        self.rate = AutoRate()  # the model's time per frame, for ``auto``
 
     def idle(self) -> bool:
         with self._cv:
@@ -195,7 +268,10 @@ class KeyframeWorker:
                 batch = self._next()
                 if not batch:
                     continue
+                t0 = time.monotonic()
                 outputs = self.host.call_stage([frame for _, _, frame in batch])
+                if outputs is not None:
+                    self.rate.model(time.monotonic() - t0, len(batch))
                 if outputs is None and self.host.stopping():
                     return
                 with self._cv:
@@ -230,6 +306,12 @@ class CarryWorker:
         self._last_mono: dict[str, float] = {}
         self._last_seen: dict[str, float] = {}  # live: when each source last delivered a frame
         self._last_submit: dict[str, float] = {}  # live: when each source last got a keyframe
+
+    def _every_frame(self, name: str, ts: float) -> bool:
+        """``auto`` on a live source: True while the model keeps up with the frames (``AutoRate``)."""
+        rate = self.keyframes.rate
+        rate.frame(name, ts)
+        return rate.decide(ts)
 
     def _auto_due(self, name: str, now: float) -> bool:
         """``auto``: the model is free and it is this source's turn: no other source that delivered
@@ -290,6 +372,21 @@ class CarryWorker:
                     if state.carrier.frame != seq:
                         state.advance(frame.image, seq)
                     det, ids = state.carried(frame.image.shape[:2])
+        elif self.every == AUTO and self._every_frame(name, frame.mono_ts):
+            # The model keeps up: this frame is segmented and shown with its own objects.
+            self._last_seen[name] = frame.mono_ts
+            self.keyframes.take(name)  # a result for an older frame is of no use now
+            self.keyframes.submit(name, seq, frame)
+            self._last_submit[name] = frame.mono_ts
+            got = self.keyframes.wait(name, seq)
+            if got is None:
+                return None
+            if got[2] is not None:
+                state.exact_frame(frame.image, got[2], seq)
+                det, ids = state.exact()
+                keyframe = True
+            else:  # a failed call (counted, logged): the objects carried to this frame
+                det, ids = state.step(frame.image, seq)
         else:
             self._last_seen[name] = frame.mono_ts
             for k, kframe, kdet in self.keyframes.take(name):
