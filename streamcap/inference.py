@@ -29,7 +29,7 @@ class InferenceWorker:
         host = self.host
         pending = {r.cfg.name: r for r in host.readers}
         trackers = {name: DetectionTracker() for name in pending} if host.config.track else {}
-        prefetch = getattr(host.stage, "prefetch", None) if getattr(host.stage, "overlap", False) else None
+        prefetch = getattr(host.stage, "prefetch", None) if getattr(host.stage, "overlap", False) is True else None
         batches = self._prefetched(pending, prefetch) if prefetch is not None else self._batches(pending)
         try:
             for frames in batches:

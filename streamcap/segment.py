@@ -418,7 +418,7 @@ class Segmenter:
         self._device_preprocess = on_gpu
         self._device_paste = on_gpu
         self.overlap = on_gpu
-        self._prepared: dict[tuple[str, int], torch.Tensor] = {}
+        self._prepared: dict[tuple[str, int], tuple[np.ndarray, torch.Tensor]] = {}
         self.timings: dict[str, Any] = {}
         self.reset_timings()
 
@@ -447,14 +447,17 @@ class Segmenter:
         return _torch_threads(self.config.threads)
 
     def __call__(self, frames: Sequence[Frame]) -> list[Detections]:
-        ready = [self._prepared.pop((f.source, f.index), None) for f in frames]
+        ready = []
+        for f in frames:
+            image, tensor = self._prepared.pop((f.source, f.index), (None, None))
+            ready.append(tensor if image is f.image else None)  # prepared from this very frame
         return self.segment_images([f.image for f in frames], ready)
 
     def prefetch(self, frames: Sequence[Frame]) -> None:
         """Prepare ``frames`` (resize, convert, copy to the device) ahead of the call that will
         segment them, e.g. in another thread while the model runs on the batch before."""
         for f in frames:
-            self._prepared[(f.source, f.index)] = self._preprocess(f.image)
+            self._prepared[(f.source, f.index)] = (f.image, self._preprocess(f.image))
         while len(self._prepared) > 4 * self.batch_size:  # a frame prepared but never called for
             self._prepared.pop(next(iter(self._prepared)))
 

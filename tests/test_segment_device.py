@@ -183,3 +183,19 @@ def test_overlap_pipeline_gives_the_same_results(tmp_path):
 def test_segmenter_on_cpu_keeps_the_host_path():
     seg = Segmenter(replace(SegmenterConfig(weights="random")), StubModel(), device="cpu")
     assert not (seg._device_paste or seg._device_preprocess or seg.overlap)
+
+
+def test_a_prepared_input_is_used_only_for_the_same_frame():
+    seen = []
+
+    class Recording(StubModel):
+        def __call__(self, images):
+            seen.extend(float(im.mean()) for im in images)
+            return super().__call__(images)
+
+    seg = Segmenter(SegmenterConfig(weights="random", seg_size=100), Recording())
+    old = _frame(np.zeros((200, 300, 3), np.uint8), 0)
+    seg.prefetch([old])  # e.g. a run stopped before calling for it
+    new = _frame(np.full((200, 300, 3), 255, np.uint8), 0)  # same source and index, another picture
+    seg([new])
+    assert seen == [1.0] and not seg._prepared  # the model saw the new picture
