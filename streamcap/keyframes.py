@@ -75,8 +75,10 @@ class AutoRate:
     keeps up with the frames arriving, keyframes when it does not.
 
     The load is the model's seconds per frame (a running mean of its calls) times the frames a
-    second of the sources active in the last ACTIVE_S (from their frame timestamps). Keyframes at
-    first; every frame once the load is under ``enter``; keyframes again once it is over ``exit``.
+    second of the sources active in the last ACTIVE_S (from their frame timestamps and indices, so
+    frames the reader dropped while the model was busy still count as frames to keep up with).
+    Keyframes at first; every frame once the load is under ``enter``; keyframes again once it is
+    over ``exit``.
     """
 
     def __init__(self, enter: float = AUTO_ENTER, exit: float = AUTO_EXIT, smooth: float = 0.3) -> None:
@@ -85,15 +87,21 @@ class AutoRate:
         self.model_s: Optional[float] = None  # seconds per frame
         self._interval: dict[str, float] = {}
         self._last: dict[str, float] = {}
+        self._last_index: dict[str, int] = {}
 
     def _mean(self, old: Optional[float], new: float) -> float:
         return new if old is None else old + self.smooth * (new - old)
 
-    def frame(self, source: str, ts: float) -> None:
-        last = self._last.get(source)
+    def frame(self, source: str, ts: float, index: Optional[int] = None, stride: int = 1) -> None:
+        """A frame of ``source`` at monotonic time ``ts``; ``index`` its position in the source
+        (frames read with ``stride`` S are S apart)."""
+        last, last_index = self._last.get(source), self._last_index.get(source)
         self._last[source] = ts
+        if index is not None:
+            self._last_index[source] = index
         if last is not None and ts > last:
-            self._interval[source] = self._mean(self._interval.get(source), ts - last)
+            steps = 1 if index is None or last_index is None else max(1, (index - last_index) // max(1, stride))
+            self._interval[source] = self._mean(self._interval.get(source), (ts - last) / steps)
 
     def model(self, seconds: float, frames: int) -> None:
         if frames > 0:
@@ -306,11 +314,13 @@ class CarryWorker:
         self._last_mono: dict[str, float] = {}
         self._last_seen: dict[str, float] = {}  # live: when each source last delivered a frame
         self._last_submit: dict[str, float] = {}  # live: when each source last got a keyframe
+        self._strides: dict[str, int] = {}
 
-    def _every_frame(self, name: str, ts: float) -> bool:
+    def _every_frame(self, frame: Frame) -> bool:
         """``auto`` on a live source: True while the model keeps up with the frames (``AutoRate``)."""
         rate = self.keyframes.rate
-        rate.frame(name, ts)
+        name, ts = frame.source, frame.mono_ts
+        rate.frame(name, ts, frame.index, self._strides.get(name, 1))
         return rate.decide(ts)
 
     def _auto_due(self, name: str, now: float) -> bool:
@@ -334,6 +344,7 @@ class CarryWorker:
         host = self.host
         pending = {r.cfg.name: r for r in host.readers}
         blocking = {r.cfg.name: r.cfg.drop == "block" for r in host.readers}
+        self._strides = {r.cfg.name: max(1, int(getattr(r.cfg, "stride", 1) or 1)) for r in host.readers}
         while pending and not host.stopping():
             for frame in host.next_frames(pending, limit=1):
                 result = self._one(frame, blocking[frame.source])
@@ -372,7 +383,7 @@ class CarryWorker:
                     if state.carrier.frame != seq:
                         state.advance(frame.image, seq)
                     det, ids = state.carried(frame.image.shape[:2])
-        elif self.every == AUTO and self._every_frame(name, frame.mono_ts):
+        elif self.every == AUTO and self._every_frame(frame):
             # The model keeps up: this frame is segmented and shown with its own objects.
             self._last_seen[name] = frame.mono_ts
             self.keyframes.take(name)  # a result for an older frame is of no use now

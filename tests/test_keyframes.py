@@ -366,6 +366,21 @@ def test_auto_rate_switches_with_hysteresis():
     assert rate.load(0.20 + 2.0) is None  # both quiet for more than ACTIVE_S: nothing to decide on
 
 
+def test_auto_rate_counts_frames_dropped_while_the_model_was_busy():
+    from streamcap.keyframes import AutoRate
+
+    rate = AutoRate(smooth=1.0)
+    rate.frame("cam", 0.0, index=0)
+    rate.frame("cam", 0.12, index=3)  # frames 1 and 2 were dropped: the camera still sends 25 fps
+    rate.model(0.03, 1)
+    assert rate.load(0.12) == pytest.approx(0.75)
+    strided = AutoRate(smooth=1.0)
+    strided.frame("cam", 0.0, index=0, stride=2)
+    strided.frame("cam", 0.08, index=2, stride=2)  # --stride 2: one frame in two is for us
+    strided.model(0.03, 1)
+    assert strided.load(0.08) == pytest.approx(0.375)
+
+
 def _live_auto(tmp_path, stage, n=48):
     video = moving_square_video(tmp_path / "square.avi", n=n)
     seen = []
