@@ -392,6 +392,7 @@ class CarryWorker:
             got = self.keyframes.wait(name, seq)
             if got is None:
                 return None
+            self.keyframes.take(name)  # nor one that finished meanwhile (started before this frame)
             if got[2] is not None:
                 state.exact_frame(frame.image, got[2], seq)
                 det, ids = state.exact()
