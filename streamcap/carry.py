@@ -66,10 +66,11 @@ def make_flow(preset: str) -> cv2.DISOpticalFlow:
 
 
 class _Object:
-    __slots__ = ("mask", "lut", "min_area", "alive")
+    __slots__ = ("mask", "lut", "min_area", "alive", "box")
 
     def __init__(self, mask: np.ndarray, lut: Optional[np.ndarray], min_area: float) -> None:
         self.mask, self.lut, self.min_area, self.alive = mask, lut, min_area, True
+        self.box = (0, 0, mask.shape[1], mask.shape[0])  # "carry": (x, y, w, h) of the keyframe mask's support
 
 
 class Carrier:
@@ -81,6 +82,14 @@ class Carrier:
         self._history: deque = deque(maxlen=max(1, self.config.history))  # (frame, small BGR, small grey)
         self._objects: list[_Object] = []
         self._size: Optional[tuple[int, int]] = None  # full (w, h) of the keyframe
+        # The newest masks as one (objects, H, W) bool array (the returned masks are views of it;
+        # a dropped object's plane is empty) and their (objects, 4) xyxy boxes (x2, y2 exclusive).
+        self.block: Optional[np.ndarray] = None
+        self.boxes: Optional[np.ndarray] = None
+        # "carry" works on each object's window (its keyframe box grown by the largest flow and the
+        # refinement band), not the whole frame: the same masks, pixel for pixel (the warp of an
+        # empty neighbourhood is 0); False runs every object over the whole frame (for tests).
+        self._windows = True
         self._next_frame = 0
         self._trust = _trust_lut(self.config.alpha, self.config.sigma)
         b = self.config.band
@@ -166,6 +175,7 @@ class Carrier:
             if cfg.method == "carry":
                 soft = cv2.resize(m.astype(np.float32), (ws, hs), interpolation=cv2.INTER_AREA)
                 obj = _Object(soft, _colour_model(small, soft > 0.5, cfg), min_area)
+                obj.box = cv2.boundingRect((soft > 0).view(np.uint8))
             elif cfg.method == "warp":
                 obj = _Object(m.astype(np.float32), None, min_area)
             else:
@@ -173,13 +183,13 @@ class Carrier:
             obj.alive = area >= cfg.min_area_px
             self._objects.append(obj)
 
-    def _carried_small(self) -> list[Optional[np.ndarray]]:
-        return [o.mask if o.alive else None for o in self._objects]
+    def _carried_small(self) -> list[Optional[tuple[int, int, np.ndarray]]]:
+        return [(0, 0, o.mask) if o.alive else None for o in self._objects]
 
     def _advance(self, small: np.ndarray, grey: np.ndarray) -> list[Optional[np.ndarray]]:
         method = self.config.method
         if method == "hold":
-            return [o.mask.copy() if o.alive else None for o in self._objects]
+            return self._full_masks(self._carried_small())
         if not any(o.alive for o in self._objects):
             self._prev_grey = grey
             return [None] * len(self._objects)
@@ -201,44 +211,67 @@ class Carrier:
         for o in self._objects:
             if o.alive:
                 o.mask = cv2.remap(o.mask, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        return [o.mask if o.alive else None for o in self._objects]
+        return [(0, 0, o.mask) if o.alive else None for o in self._objects]
 
-    def _advance_carry(self, small: np.ndarray, grey: np.ndarray) -> list[Optional[np.ndarray]]:
+    def _advance_carry(self, small: np.ndarray, grey: np.ndarray) -> list[Optional[tuple[int, int, np.ndarray]]]:
         cfg = self.config
-        self._flow = flow = self._dis.calc(grey, self._key_grey, self._flow)
+        # The first flow after a keyframe starts from an explicit zero field: given no initial flow
+        # after a call that had one, OpenCV's DIS reuses that stale initial flow, so the carried
+        # masks would depend on what was computed before the keyframe.
+        init = self._flow if self._flow is not None else np.zeros((*grey.shape, 2), np.float32)
+        self._flow = flow = self._dis.calc(grey, self._key_grey, init)
         mx, my = self._grid[0] + flow[..., 0], self._grid[1] + flow[..., 1]
         warped_key = cv2.remap(self._key_grey, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         err = cv2.blur(cv2.absdiff(warped_key, grey), (5, 5))
         trust = cv2.LUT(err, self._trust)  # uint8: 255 = the warp is right here
         kernel = self._kernel
-        out: list[Optional[np.ndarray]] = []
+        hs, ws = grey.shape
+        # A pixel further than the largest flow (+ the bilinear taps) from an object's keyframe
+        # support warps to exactly 0; the band and the upsampling's 1-pixel pad come on top.
+        margin = int(np.ceil(float(np.abs(flow).max()))) + 2 + cfg.band + 2
+        out: list[Optional[tuple[int, int, np.ndarray]]] = []
         for o in self._objects:
             if not o.alive:
                 out.append(None)
                 continue
-            soft = cv2.remap(o.mask, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-            out.append(_refine(soft, small, trust, o.lut, kernel, cfg.band, cfg.bins))
+            x0, y0, x1, y1 = 0, 0, ws, hs
+            if self._windows:
+                x, y, bw, bh = o.box
+                x0, y0, x1, y1 = max(0, x - margin), max(0, y - margin), min(ws, x + bw + margin), min(hs, y + bh + margin)
+            soft = cv2.remap(o.mask, mx[y0:y1, x0:x1], my[y0:y1, x0:x1], cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT)
+            out.append((x0, y0, _refine(soft, (x0, y0), small, trust, o.lut, kernel, cfg.band, cfg.bins)))
         return out
 
-    def _full_masks(self, carried: list[Optional[np.ndarray]]) -> list[Optional[np.ndarray]]:
-        """Soft masks at working size -> full-size bool masks; objects that collapsed are dropped."""
+    def _full_masks(self, carried: list[Optional[tuple[int, int, np.ndarray]]]) -> list[Optional[np.ndarray]]:
+        """Soft masks at working size, each a window (x0, y0, patch) of it -> full-size bool masks
+        (views of ``self.block``); objects that collapsed are dropped."""
         w, h = self._size
+        hs, ws = self._grid[0].shape if self.config.method == "carry" else (h, w)
+        self.block = block = np.zeros((len(self._objects), h, w), bool)
+        self.boxes = boxes = np.zeros((len(self._objects), 4), np.float32)
         out: list[Optional[np.ndarray]] = []
-        for o, soft in zip(self._objects, carried):
-            if soft is None or not o.alive:
+        for i, (o, item) in enumerate(zip(self._objects, carried)):
+            if item is None or not o.alive:
                 out.append(None)
                 continue
-            if soft.dtype == bool:
-                full = soft.copy()
-            elif soft.shape == (h, w):
-                full = soft > 0.5
+            x0, y0, soft = item
+            if soft.dtype == bool or (hs, ws) == (h, w):  # already at full size
+                ph, pw = soft.shape
+                block[i, y0:y0 + ph, x0:x0 + pw] = soft if soft.dtype == bool else soft > 0.5
+                rect = (y0, y0 + ph, x0, x0 + pw)
             else:
-                full = _upsample(soft, w, h)
-            if np.count_nonzero(full) < o.min_area:
+                rect = _upsample(soft, (x0, y0), (ws, hs), block[i])
+            ry0, ry1, rx0, rx1 = rect  # nothing was set outside it
+            part = block[i, ry0:ry1, rx0:rx1]
+            x, y, bw, bh = cv2.boundingRect(part.view(np.uint8)) if part.size else (0, 0, 0, 0)
+            if np.count_nonzero(part) < o.min_area:
                 o.alive = False
+                part[:] = False
                 out.append(None)
             else:
-                out.append(full)
+                boxes[i] = (rx0 + x, ry0 + y, rx0 + x + bw, ry0 + y + bh)
+                out.append(block[i])
         return out
 
 
@@ -291,47 +324,58 @@ def _colour_index(bgr: np.ndarray, bins: int) -> np.ndarray:
     return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
 
 
-def _refine(soft: np.ndarray, small: np.ndarray, trust: np.ndarray, lut: np.ndarray, kernel, band: int,
-            bins: int) -> np.ndarray:
-    """Inside a band around the warped outline, mix the warp with the colour model where it is not trusted."""
+def _refine(soft: np.ndarray, at: tuple[int, int], small: np.ndarray, trust: np.ndarray, lut: np.ndarray, kernel,
+            band: int, bins: int) -> np.ndarray:
+    """Inside a band around the warped outline, mix the warp with the colour model where it is not trusted.
+
+    ``soft`` is the window of the working-size mask whose top-left corner is ``at`` (x, y); the
+    band is clipped to the frame (``small``), never to the window (which holds it)."""
     hard = (soft > 0.5).astype(np.uint8)
     x, y, bw, bh = cv2.boundingRect(hard)
     if bw == 0:
         return soft
-    hs, ws = soft.shape
-    x0, y0 = max(0, x - band), max(0, y - band)
-    x1, y1 = min(ws, x + bw + band), min(hs, y + bh + band)
+    ax, ay = at
+    hs, ws = small.shape[:2]
+    x0, y0 = max(0, ax + x - band), max(0, ay + y - band)  # frame pixels
+    x1, y1 = min(ws, ax + x + bw + band), min(hs, ay + y + bh + band)
     roi = (slice(y0, y1), slice(x0, x1))
-    h_roi = hard[roi]
+    local = (slice(y0 - ay, y1 - ay), slice(x0 - ax, x1 - ax))
+    h_roi = hard[local]
     in_band = cv2.dilate(h_roi, kernel) != cv2.erode(h_roi, kernel)
     colour = lut[_colour_index(small[roi], bins)]
     a = trust[roi].astype(np.float32) * np.float32(1 / 255)
-    fused = a * soft[roi] + (1 - a) * (colour.astype(np.float32) * np.float32(1 / 255))
+    fused = a * soft[local] + (1 - a) * (colour.astype(np.float32) * np.float32(1 / 255))
     out = soft.copy()
-    out[roi] = np.where(in_band, fused, soft[roi])
+    out[local] = np.where(in_band, fused, soft[local])
     return out
 
 
-def _upsample(soft: np.ndarray, w: int, h: int) -> np.ndarray:
-    """A soft mask at working size -> a full-size bool mask, resizing only the object's box."""
-    hs, ws = soft.shape
-    x, y, bw, bh = cv2.boundingRect((soft > 0.02).astype(np.uint8))
-    full = np.zeros((h, w), bool)
+def _upsample(soft: np.ndarray, at: tuple[int, int], small_size: tuple[int, int],
+              full: np.ndarray) -> tuple[int, int, int, int]:
+    """A window of a soft mask at working size (top-left ``at``, working size ``small_size`` (w, h))
+    -> ``full`` (the full-size bool mask, all False), resizing only the object's box. Returns the
+    (y0, y1, x0, x1) rectangle of ``full`` written (nothing is set outside it)."""
+    ws, hs = small_size
+    h, w = full.shape
+    ax, ay = at
+    bx, by, bw, bh = cv2.boundingRect((soft > 0.02).astype(np.uint8))
     if bw == 0:
-        return full
+        return (0, 0, 0, 0)
+    x, y = ax + bx, ay + by  # working-size pixels of the frame
     sx, sy = w / ws, h / hs
     # Whole working pixels around the box, mapped to full-size pixel edges.
     x0, y0 = max(0, x - 1), max(0, y - 1)
     x1, y1 = min(ws, x + bw + 1), min(hs, y + bh + 1)
     fx0, fy0 = int(round(x0 * sx)), int(round(y0 * sy))
     fx1, fy1 = int(round(x1 * sx)), int(round(y1 * sy))
-    if (x0, y0, x1, y1) == (0, 0, ws, hs):
-        return cv2.resize(soft, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
+    if (x0, y0, x1, y1) == (0, 0, ws, hs):  # the window is the whole frame
+        full[:] = cv2.resize(soft, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
+        return (0, h, 0, w)
     # Resize the padded box with the same sampling grid as a whole-frame resize would use.
     gx = (np.arange(fx0, fx1, dtype=np.float32) + 0.5) / np.float32(sx) - 0.5 - x0
     gy = (np.arange(fy0, fy1, dtype=np.float32) + 0.5) / np.float32(sy) - 0.5 - y0
     mx, my = np.meshgrid(gx, gy)
-    patch = cv2.remap(np.ascontiguousarray(soft[y0:y1, x0:x1]), mx, my, cv2.INTER_LINEAR,
+    patch = cv2.remap(np.ascontiguousarray(soft[y0 - ay:y1 - ay, x0 - ax:x1 - ax]), mx, my, cv2.INTER_LINEAR,
                       borderMode=cv2.BORDER_REPLICATE)
     full[fy0:fy1, fx0:fx1] = patch > 0.5
-    return full
+    return (fy0, fy1, fx0, fx1)

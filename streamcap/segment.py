@@ -302,6 +302,77 @@ def paste_masks(
     return out
 
 
+def paste_masks_torch(
+    probs: torch.Tensor, boxes: torch.Tensor, out_hw: tuple[int, int], threshold: float = 0.5,
+    chunk_pixels: int = 1 << 26,
+) -> torch.Tensor:
+    """``paste_masks`` on torch tensors, on whatever device they are (a GPU: no host loop, no
+    frame-size float array on the host): (N, M, M) probabilities, (N, 4) xyxy boxes in output
+    pixels -> (N, H, W) bool masks.
+
+    The same geometry and arithmetic order as ``paste_masks``' OpenCV resize (source coordinate
+    (d + 0.5) * (1 / (out / in)) - 0.5 in double, clamped to the edge pixels; a horizontal then a
+    vertical linear pass), done for all detections at once by gathering, ``chunk_pixels`` output
+    pixels (N * H * W) at a time to bound the memory.
+    """
+    h_img, w_img = out_hw
+    n = probs.shape[0]
+    dev = probs.device
+    if n == 0:
+        return torch.zeros((0, h_img, w_img), dtype=torch.bool, device=dev)
+    m = probs.shape[-1]
+    scale = (m + 2) / m
+    padded = torch.nn.functional.pad(probs.float(), (1, 1, 1, 1))  # (N, M+2, M+2)
+    boxes = boxes.float()
+    cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
+    cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
+    hw = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+    hh = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+    grown = torch.stack([cx - hw, cy - hh, cx + hw, cy + hh], dim=1).to(torch.int64)  # trunc like numpy
+    x0, y0, x1, y1 = grown.unbind(1)
+    out = torch.empty((n, h_img, w_img), dtype=torch.bool, device=dev)
+    step = max(1, chunk_pixels // max(1, h_img * w_img))
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        ix0, ix1, ax0, ax1, okx = _linear_taps(x0[a:b], x1[a:b], m + 2, w_img)  # (k, W)
+        iy0, iy1, ay0, ay1, oky = _linear_taps(y0[a:b], y1[a:b], m + 2, h_img)  # (k, H)
+        p = padded[a:b]
+        k, rows = p.shape[0], p.shape[1]
+        # horizontal pass: (k, M+2, W)
+        c0 = p.gather(2, ix0[:, None, :].expand(k, rows, w_img))
+        c1 = p.gather(2, ix1[:, None, :].expand(k, rows, w_img))
+        horiz = c0 * ax0[:, None, :] + c1 * ax1[:, None, :]
+        # vertical pass: (k, H, W)
+        r0 = horiz.gather(1, iy0[:, :, None].expand(k, h_img, w_img))
+        r1 = horiz.gather(1, iy1[:, :, None].expand(k, h_img, w_img))
+        val = r0 * ay0[:, :, None] + r1 * ay1[:, :, None]
+        out[a:b] = (val > threshold) & oky[:, :, None] & okx[:, None, :]
+    return out
+
+
+def _linear_taps(lo: torch.Tensor, hi: torch.Tensor, src: int, size: int):
+    """For boxes spanning output pixels lo..hi (k of them) and a source of ``src`` pixels: per
+    output pixel 0..size-1 of each box the two source taps, their weights, and whether the pixel
+    lies in the box. OpenCV's INTER_LINEAR coordinates (double, then float; edge taps clamped)."""
+    dev = lo.device
+    extent = torch.clamp(hi - lo + 1, min=1)  # (k,) the box's size in output pixels
+    d = torch.arange(size, device=dev, dtype=torch.int64)[None, :] - lo[:, None]  # (k, size) pixel in the box
+    inv = extent.to(torch.float64) / src
+    f = ((d.to(torch.float64) + 0.5) * (1.0 / inv)[:, None] - 0.5).to(torch.float32)
+    i0 = torch.floor(f)
+    frac = f - i0
+    i0 = i0.to(torch.int64)
+    under = i0 < 0
+    over = i0 >= src - 1
+    frac = torch.where(under | over, torch.zeros_like(frac), frac)
+    i0 = torch.where(under, torch.zeros_like(i0), torch.where(over, torch.full_like(i0, src - 1), i0))
+    i1 = torch.clamp(i0 + 1, max=src - 1)
+    inside = (d >= 0) & (d <= (hi - lo)[:, None])
+    i0 = torch.where(inside, i0, torch.zeros_like(i0))
+    i1 = torch.where(inside, i1, torch.zeros_like(i1))
+    return i0, i1, 1.0 - frac, frac, inside
+
+
 class Segmenter:
     """An ``InferenceStage``: ``segmenter(frames) -> list[Detections]``, one per frame, in order.
 
@@ -340,6 +411,14 @@ class Segmenter:
         self._class_ids = (
             None if config.classes is None else np.array([self.names.index(c) for c in config.classes], np.int64)
         )
+        # On a GPU: frames are resized and converted on the device, the kept masks are pasted there
+        # (``paste_masks_torch``) and each batch's results come to the host in two copies (the small
+        # fields, then every mask of the batch at once); ``prefetch`` lets a reader thread prepare
+        # the next batch while this one runs (``overlap``). The host path stays on a CPU.
+        self._device_preprocess = on_gpu
+        self._device_paste = on_gpu
+        self.overlap = on_gpu
+        self._prepared: dict[tuple[str, int], tuple[np.ndarray, torch.Tensor]] = {}
         self.timings: dict[str, Any] = {}
         self.reset_timings()
 
@@ -368,14 +447,29 @@ class Segmenter:
         return _torch_threads(self.config.threads)
 
     def __call__(self, frames: Sequence[Frame]) -> list[Detections]:
-        return self.segment_images([f.image for f in frames])
+        ready = []
+        for f in frames:
+            image, tensor = self._prepared.pop((f.source, f.index), (None, None))
+            ready.append(tensor if image is f.image else None)  # prepared from this very frame
+        return self.segment_images([f.image for f in frames], ready)
 
-    def segment_images(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """BGR uint8 (H, W, 3) images -> one ``Detections`` per image."""
+    def prefetch(self, frames: Sequence[Frame]) -> None:
+        """Prepare ``frames`` (resize, convert, copy to the device) ahead of the call that will
+        segment them, e.g. in another thread while the model runs on the batch before."""
+        for f in frames:
+            self._prepared[(f.source, f.index)] = (f.image, self._preprocess(f.image))
+        while len(self._prepared) > 4 * self.batch_size:  # a frame prepared but never called for
+            self._prepared.pop(next(iter(self._prepared)))
+
+    def segment_images(
+        self, images: Sequence[np.ndarray], ready: Sequence[torch.Tensor | None] | None = None
+    ) -> list[Detections]:
+        """BGR uint8 (H, W, 3) images -> one ``Detections`` per image (``ready``: inputs already prepared)."""
         out: list[Detections] = []
         with _torch_threads(self.config.threads):
             for start in range(0, len(images), self.batch_size):
-                out.extend(self._run_batch(images[start : start + self.batch_size]))
+                end = start + self.batch_size
+                out.extend(self._run_batch(images[start:end], None if ready is None else ready[start:end]))
         return out
 
     # -- phases ------------------------------------------------------------------------------
@@ -384,6 +478,8 @@ class Segmenter:
             raise ValueError(f"expected a BGR uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
         h, w = image.shape[:2]
         ih, iw = input_size(h, w, self.seg_size, self._upscale)
+        if self._device_preprocess:
+            return self._preprocess_on_device(image, (ih, iw))
         if (ih, iw) != (h, w):
             image = cv2.resize(image, (iw, ih), interpolation=cv2.INTER_LINEAR)
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # (ih, iw, 3) uint8
@@ -393,26 +489,48 @@ class Segmenter:
         t = t.permute(2, 0, 1)  # (3, ih, iw)
         return self._to_float(t)  # float32 in [0, 1], normalized inside the model
 
-    def _forward(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    def _preprocess_on_device(self, image: np.ndarray, in_hw: tuple[int, int]) -> torch.Tensor:
+        """The frame to the device as uint8 (pinned, asynchronous), then BGR -> RGB, to float and
+        resized there (bilinear, half-pixel centres, as OpenCV's INTER_LINEAR on the host)."""
+        t = torch.from_numpy(image)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        t = self._to_float(t.permute(2, 0, 1).flip(0))  # (3, h, w) RGB float in [0, 1]
+        if tuple(t.shape[-2:]) != in_hw:
+            t = torch.nn.functional.interpolate(t[None], size=in_hw, mode="bilinear", align_corners=False)[0]
+        return t
+
+    def _forward_raw(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         with torch.inference_mode():
             # channels_last: the weights are converted in build_segmenter; convolutions then
             # propagate the format (the (3, H, W) inputs are batched inside the model).
             amp = (torch.autocast(self.device.type, dtype=self._amp_dtype) if self._amp_dtype is not None
                    else contextlib.nullcontext())
             with amp:
-                outputs = self.model(tensors)
-            # to the CPU at the edge: boxes (N, 4), scores (N,), labels (N,), masks (N, 1, 28, 28)
-            return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
+                return self.model(tensors)
 
-    def _run_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
+    def _forward(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        outputs = self._forward_raw(tensors)
+        # to the CPU at the edge: boxes (N, 4), scores (N,), labels (N,), masks (N, 1, 28, 28)
+        return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()} for o in outputs]
+
+    def _run_batch(
+        self, images: Sequence[np.ndarray], ready: Sequence[torch.Tensor | None] | None = None
+    ) -> list[Detections]:
         t0 = time.perf_counter()
-        tensors = [self._preprocess(im) for im in images]
+        tensors = [r if r is not None else self._preprocess(im) for im, r in zip(images, ready or [None] * len(images))]
         t1 = time.perf_counter()
-        outputs = self._forward(tensors)  # .cpu() synchronizes with the GPU
-        t2 = time.perf_counter()
-        results = [
-            self._postprocess(o, tuple(t.shape[-2:]), im.shape[:2]) for o, t, im in zip(outputs, tensors, images)
-        ]
+        if self._device_paste:
+            outputs = self._forward_raw(tensors)
+            meta = self._batch_fields(outputs)  # one copy for the batch; it waits for the model
+            t2 = time.perf_counter()
+            results = self._postprocess_on_device(outputs, meta, tensors, images)
+        else:
+            outputs = self._forward(tensors)  # .cpu() synchronizes with the GPU
+            t2 = time.perf_counter()
+            results = [
+                self._postprocess(o, tuple(t.shape[-2:]), im.shape[:2]) for o, t, im in zip(outputs, tensors, images)
+            ]
         t3 = time.perf_counter()
         tm = self.timings
         tm["preprocess"] += t1 - t0
@@ -427,12 +545,56 @@ class Segmenter:
         self, out: dict[str, torch.Tensor], in_hw: tuple[int, int], frame_hw: tuple[int, int]
     ) -> Detections:
         """Model output in input pixels -> filtered ``Detections`` in frame pixels, masks pasted."""
-        cfg = self.config
-        fh, fw = frame_hw
-        ow, oh = cfg.draw_size if cfg.draw_size is not None else (fw, fh)
         scores = out["scores"].numpy().astype(np.float32)
         labels = out["labels"].numpy().astype(np.int64)
         boxes = out["boxes"].numpy().astype(np.float32).reshape(-1, 4)
+        idx, fboxes, mboxes, out_hw = self._select(scores, labels, boxes, in_hw, frame_hw)
+        masks = None
+        if self.config.masks and "masks" in out:
+            probs = out["masks"].numpy()[idx, 0]  # (K, 28, 28)
+            masks = paste_masks(probs, mboxes, out_hw, self.config.mask_threshold)
+        return Detections(boxes=fboxes, scores=scores[idx], labels=labels[idx], names=self.names, masks=masks)
+
+    @staticmethod
+    def _batch_fields(outputs: list[dict[str, torch.Tensor]]) -> list[np.ndarray]:
+        """Each image's (N, 6) [boxes, score, label] float32 rows, in one copy from the device."""
+        rows = [torch.cat([o["boxes"].float().reshape(-1, 4), o["scores"].float()[:, None],
+                           o["labels"].float()[:, None]], 1) for o in outputs]
+        flat = torch.cat(rows).cpu().numpy() if rows else np.zeros((0, 6), np.float32)
+        return np.split(flat, np.cumsum([len(r) for r in rows])[:-1])
+
+    def _postprocess_on_device(
+        self, outputs: list[dict[str, torch.Tensor]], meta: list[np.ndarray], tensors: list[torch.Tensor],
+        images: Sequence[np.ndarray],
+    ) -> list[Detections]:
+        """``_postprocess`` for a batch whose outputs stay on the device: the same selection on the
+        host, the kept masks pasted on the device, all of them copied back at once."""
+        cfg = self.config
+        picked, pasted = [], []
+        for out, rows, t, im in zip(outputs, meta, tensors, images):
+            scores, labels, boxes = rows[:, 4].copy(), rows[:, 5].astype(np.int64), rows[:, :4].copy()
+            idx, fboxes, mboxes, out_hw = self._select(scores, labels, boxes, tuple(t.shape[-2:]), im.shape[:2])
+            picked.append((scores[idx], labels[idx], fboxes, out_hw))
+            if cfg.masks and "masks" in out:
+                sel = torch.as_tensor(idx, device=out["masks"].device)
+                pasted.append(paste_masks_torch(out["masks"][sel, 0], torch.as_tensor(mboxes, device=sel.device),
+                                                out_hw, cfg.mask_threshold))
+        masks = _to_host([p.reshape(-1) for p in pasted]) if pasted else []
+        results = []
+        for k, (scores, labels, fboxes, (oh, ow)) in enumerate(picked):
+            m = masks[k].reshape(len(scores), oh, ow) if pasted else None
+            results.append(Detections(boxes=fboxes, scores=scores, labels=labels, names=self.names, masks=m))
+        return results
+
+    def _select(
+        self, scores: np.ndarray, labels: np.ndarray, boxes: np.ndarray, in_hw: tuple[int, int],
+        frame_hw: tuple[int, int],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+        """The kept detections (threshold, classes, best first, at most max_detections): their
+        indices, boxes in frame pixels, boxes in output (mask) pixels, and the output (h, w)."""
+        cfg = self.config
+        fh, fw = frame_hw
+        ow, oh = cfg.draw_size if cfg.draw_size is not None else (fw, fh)
         keep = scores >= cfg.score_threshold
         if self._class_ids is not None:
             keep &= np.isin(labels, self._class_ids)
@@ -443,12 +605,21 @@ class Segmenter:
         fboxes = boxes[idx] * np.array([sx, sy, sx, sy], np.float32)
         fboxes[:, 0::2] = fboxes[:, 0::2].clip(0, fw)
         fboxes[:, 1::2] = fboxes[:, 1::2].clip(0, fh)
-        masks = None
-        if cfg.masks and "masks" in out:
-            probs = out["masks"].numpy()[idx, 0]  # (K, 28, 28)
-            mboxes = boxes[idx] * np.array([ow / iw, oh / ih, ow / iw, oh / ih], np.float32)
-            masks = paste_masks(probs, mboxes, (oh, ow), cfg.mask_threshold)
-        return Detections(boxes=fboxes, scores=scores[idx], labels=labels[idx], names=self.names, masks=masks)
+        mboxes = boxes[idx] * np.array([ow / iw, oh / ih, ow / iw, oh / ih], np.float32)
+        return idx, fboxes, mboxes, (oh, ow)
+
+
+def _to_host(parts: list[torch.Tensor]) -> list[np.ndarray]:
+    """Device tensors -> host arrays in one copy (into pinned memory from a CUDA device)."""
+    flat = torch.cat(parts)
+    if flat.device.type == "cuda":
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        torch.cuda.current_stream(flat.device).synchronize()
+    else:
+        host = flat
+    arr = host.numpy()
+    return np.split(arr, np.cumsum([p.numel() for p in parts])[:-1])
 
 
 def build_segmenter(config: SegmenterConfig | None = None, **options: Any) -> Segmenter:

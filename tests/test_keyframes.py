@@ -319,3 +319,96 @@ def test_two_live_sources_share_the_keyframe_worker(tmp_path):
         assert any(len(r.detections) for r in mine)
         # ids are per source: each square is object 1 of its own camera
         assert {int(i) for r in mine for i in r.extras["track_ids"]} == {1}
+
+
+def test_file_keyframe_frames_compute_no_flow_unless_tracks_are_matched_on_them(tmp_path, monkeypatch):
+    # A blocking source's keyframe frame shows the model's own objects: the carrier needs no flow
+    # to it, except to give the tracker the carried masks to match (tracking on, objects alive).
+    from streamcap import carry
+
+    video = moving_square_video(tmp_path / "square.avi", n=30)
+    steps: list[int] = []
+    real_step = carry.Carrier.step
+    monkeypatch.setattr(carry.Carrier, "step", lambda self, image, frame=None: (steps.append(frame), real_step(self, image, frame))[1])
+    results = {}
+    for track in (False, True):
+        steps.clear()
+        seen = []
+        summary = run(str(video), caption=False, stage=SquareStage(), on_result=seen.append,
+                      pipeline=PipelineConfig(seg_every=4, track=track))
+        assert summary.exit_code == EXIT_OK and summary.written == 30
+        carried_frames = [i for i in range(30) if i % 4]
+        assert steps == (carried_frames if not track else sorted(carried_frames + list(range(4, 30, 4))))
+        results[track] = [(r.extras["keyframe"], r.detections.boxes.tolist(), r.detections.masks.tobytes()) for r in seen]
+    assert results[False] == results[True]  # the same objects and masks either way
+
+
+def test_auto_rate_switches_with_hysteresis():
+    from streamcap.keyframes import AutoRate
+
+    rate = AutoRate(enter=0.7, exit=0.9, smooth=1.0)  # smooth 1: the newest measurement counts alone
+    for k in range(5):
+        rate.frame("cam", k * 0.04)  # 25 fps
+    assert rate.decide(0.16) is False  # no model call measured yet: keyframes
+    rate.model(0.02, 1)  # 20 ms a frame: load 0.5
+    assert rate.decide(0.16) is True
+    rate.model(0.032, 1)  # load 0.8: between the two thresholds, stays
+    assert rate.decide(0.16) is True
+    rate.model(0.04, 1)  # load 1.0: keyframes
+    assert rate.decide(0.16) is False
+    rate.model(0.032, 1)  # 0.8 again: stays on keyframes
+    assert rate.decide(0.16) is False
+    rate.frame("cam2", 0.16)
+    rate.frame("cam2", 0.20)  # a second camera at 25 fps doubles the load
+    rate.model(0.02, 2)  # 10 ms a frame: 0.25 per camera
+    assert rate.load(0.20) == pytest.approx(0.5)
+    assert rate.decide(0.20) is True
+    assert rate.load(0.20 + 2.0) is None  # both quiet for more than ACTIVE_S: nothing to decide on
+
+
+def test_auto_rate_counts_frames_dropped_while_the_model_was_busy():
+    from streamcap.keyframes import AutoRate
+
+    rate = AutoRate(smooth=1.0)
+    rate.frame("cam", 0.0, index=0)
+    rate.frame("cam", 0.12, index=3)  # frames 1 and 2 were dropped: the camera still sends 25 fps
+    rate.model(0.03, 1)
+    assert rate.load(0.12) == pytest.approx(0.75)
+    strided = AutoRate(smooth=1.0)
+    strided.frame("cam", 0.0, index=0, stride=2)
+    strided.frame("cam", 0.08, index=2, stride=2)  # --stride 2: one frame in two is for us
+    strided.model(0.03, 1)
+    assert strided.load(0.08) == pytest.approx(0.375)
+
+
+def _live_auto(tmp_path, stage, n=48):
+    video = moving_square_video(tmp_path / "square.avi", n=n)
+    seen = []
+    summary = run(str(video), caption=False, stage=stage, kind="file", realtime=True, drop="latest",
+                  queue_size=8, pipeline=PipelineConfig(seg_every="auto"), on_result=seen.append)
+    assert summary.exit_code == EXIT_OK
+    return seen
+
+
+def test_auto_segments_every_frame_when_the_model_keeps_up(tmp_path):
+    stage = SquareStage()  # instant: far faster than 24 fps
+    seen = _live_auto(tmp_path, stage)
+    flags = [r.extras["keyframe"] for r in seen]
+    first = flags.index(True)
+    # After the first measured call every frame is segmented and drawn with its own objects.
+    settled = seen[first + 2:]
+    assert len(settled) >= 30 and all(r.extras["keyframe"] for r in settled)
+    assert [r.frame.index for r in settled] == stage.calls[-len(settled):]
+    for r in settled:
+        x = square_x(r.frame.index)
+        assert r.detections.boxes.tolist() == [[x, TOP, x + SIDE, TOP + SIDE]]  # the model's own box
+        assert list(r.extras["track_ids"]) == [1]
+
+
+def test_auto_uses_keyframes_when_the_model_is_slower_than_the_frames(tmp_path):
+    stage = SquareStage(delay_s=0.1)  # 10 frames a second against 24
+    seen = _live_auto(tmp_path, stage)
+    flags = [r.extras["keyframe"] for r in seen]
+    assert len(seen) >= 40  # every frame is still drawn
+    assert 3 <= sum(flags) <= len(seen) // 2  # the model ran on some frames only
+    assert any(len(r.detections) and not r.extras["keyframe"] for r in seen)  # carried frames
