@@ -416,6 +416,7 @@ class Segmenter:
         # fields, then every mask of the batch at once); ``prefetch`` lets a reader thread prepare
         # the next batch while this one runs (``overlap``). The host path stays on a CPU.
         self._device_preprocess = on_gpu
+        self._staging = _HostStaging()
         self._device_paste = on_gpu
         self.overlap = on_gpu
         self._prepared: dict[tuple[str, int], tuple[np.ndarray, torch.Tensor]] = {}
@@ -579,10 +580,10 @@ class Segmenter:
                 sel = torch.as_tensor(idx, device=out["masks"].device)
                 pasted.append(paste_masks_torch(out["masks"][sel, 0], torch.as_tensor(mboxes, device=sel.device),
                                                 out_hw, cfg.mask_threshold))
-        masks = _to_host([p.reshape(-1) for p in pasted]) if pasted else []
+        masks = self._staging.masks_to_host(pasted) if pasted else []
         results = []
         for k, (scores, labels, fboxes, (oh, ow)) in enumerate(picked):
-            m = masks[k].reshape(len(scores), oh, ow) if pasted else None
+            m = masks[k] if pasted else None
             results.append(Detections(boxes=fboxes, scores=scores, labels=labels, names=self.names, masks=m))
         return results
 
@@ -609,17 +610,52 @@ class Segmenter:
         return idx, fboxes, mboxes, (oh, ow)
 
 
-def _to_host(parts: list[torch.Tensor]) -> list[np.ndarray]:
-    """Device tensors -> host arrays in one copy (into pinned memory from a CUDA device)."""
-    flat = torch.cat(parts)
-    if flat.device.type == "cuda":
-        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
-        host.copy_(flat, non_blocking=True)
-        torch.cuda.current_stream(flat.device).synchronize()
-    else:
-        host = flat
-    arr = host.numpy()
-    return np.split(arr, np.cumsum([p.numel() for p in parts])[:-1])
+class _HostStaging:
+    """Device masks -> host arrays with little traffic and no per-batch pinned allocation.
+
+    Full-frame masks are mostly empty: at 1080p with 100 detections a frame's (N, H, W) bool
+    masks are 207 MB, and copying them whole (into freshly pinned memory) cost more than pasting
+    on the host (measured on an H200: 118 vs 53 ms a frame). So only each mask's bounding box of
+    set pixels crosses to the host (found on the device; one copy for the rows/columns, one for
+    all the crops of the batch), through one pinned buffer kept and grown across batches, and is
+    written into zeroed host arrays: the same masks, bit for bit.
+    """
+
+    def __init__(self) -> None:
+        self._buf: torch.Tensor | None = None
+
+    def _copy(self, parts: list[torch.Tensor]) -> list[np.ndarray]:
+        """Bool/uint8 device tensors -> host uint8 views (valid until the next copy)."""
+        flat = torch.cat([t.reshape(-1).view(torch.uint8) for t in parts])
+        if flat.device.type == "cuda":
+            if self._buf is None or self._buf.numel() < flat.numel():
+                self._buf = torch.empty(max(flat.numel(), 1 << 20) * 5 // 4, dtype=torch.uint8, pin_memory=True)
+            host = self._buf[: flat.numel()]
+            host.copy_(flat, non_blocking=True)
+            torch.cuda.current_stream(flat.device).synchronize()
+        else:
+            host = flat
+        arr = host.numpy()
+        return np.split(arr, np.cumsum([t.numel() for t in parts])[:-1])
+
+    def masks_to_host(self, pasted: list[torch.Tensor]) -> list[np.ndarray]:
+        """Each (K, H, W) bool device tensor -> a (K, H, W) bool host array, equal to it."""
+        lines = self._copy([t for p in pasted for t in (p.any(2), p.any(1))])  # (K, H) rows, (K, W) columns
+        spans, crops = [], []
+        for j, p in enumerate(pasted):
+            k, h, w = p.shape
+            rows, cols = lines[2 * j].reshape(k, h), lines[2 * j + 1].reshape(k, w)
+            for i in range(k):
+                ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
+                if len(ys):
+                    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+                    spans.append((j, i, y0, y1, x0, x1))
+                    crops.append(p[i, y0:y1, x0:x1])
+        outs = [np.zeros(p.shape, dtype=bool) for p in pasted]
+        if crops:
+            for (j, i, y0, y1, x0, x1), data in zip(spans, self._copy(crops)):
+                outs[j][i, y0:y1, x0:x1] = data.reshape(y1 - y0, x1 - x0).view(bool)
+        return outs
 
 
 def build_segmenter(config: SegmenterConfig | None = None, **options: Any) -> Segmenter:

@@ -199,3 +199,24 @@ def test_a_prepared_input_is_used_only_for_the_same_frame():
     new = _frame(np.full((200, 300, 3), 255, np.uint8), 0)  # same source and index, another picture
     seg([new])
     assert seen == [1.0] and not seg._prepared  # the model saw the new picture
+
+
+def test_staging_copies_only_set_pixels_and_gives_back_equal_masks():
+    """Masks go to the host as their bounding boxes of set pixels: empty masks, masks touching the
+    frame's edges and single pixels come back bit for bit."""
+    from streamcap.segment import _HostStaging
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.zeros((4, 37, 53), dtype=torch.bool)
+    a[0, 5:20, 7:30] = torch.rand((15, 23), generator=g) > 0.3
+    a[1, 0, 0] = True
+    a[1, 36, 52] = True  # opposite corners: the whole frame is its box
+    a[3, 36, 10:12] = True  # a[2] stays empty
+    b = torch.rand((2, 9, 11), generator=g) > 0.5
+    empty = torch.zeros((0, 9, 11), dtype=torch.bool)
+    staging = _HostStaging()
+    for _ in range(2):  # the staging is reused across batches
+        out = staging.masks_to_host([a, empty, b])
+        assert [o.shape for o in out] == [(4, 37, 53), (0, 9, 11), (2, 9, 11)]
+        assert all(o.dtype == bool for o in out)
+        assert np.array_equal(out[0], a.numpy()) and np.array_equal(out[2], b.numpy())
