@@ -51,3 +51,5 @@ NoTrack = Annotated[bool, typer.Option("--no-track", help="No tracking ids (no #
 MaxFps = Annotated[Optional[float], typer.Option("--max-fps", callback=_positive, help="With keyframes on a live source: draw and write at most this many frames a second.")]
 Duration = Annotated[Optional[float], typer.Option("--duration", callback=_positive, help="Stop after this many seconds.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log source events and warnings to stderr.")]
+CameraConfigFile = Annotated[Optional[Path], typer.Option("--config", help="cameras.yaml: cameras (name, url or url_env), per-camera options, alerts, resources per camera group.")]
+RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run camera groups as Ray actors: local (start a Ray instance here), auto (the running cluster) or HOST:PORT.")]
