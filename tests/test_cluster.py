@@ -90,7 +90,10 @@ def test_four_cameras_two_nodes_actor_crash_and_node_loss(tmp_path, rtsp_server,
         env={**os.environ, **cluster.client_env(), "PYTHONPATH": str(REPO)}, start_new_session=True)
     names = [f"cam{i + 1}" for i in range(4)]
     try:
-        wait_until(lambda: all(len(_frames(_records(log), n)) >= 5 for n in names), 120, "frames from 4 cameras")
+        def all_four():
+            assert driver.poll() is None, driver.communicate()[1]
+            return all(len(_frames(_records(log), n)) >= 5 for n in names)
+        wait_until(all_four, 120, "frames from 4 cameras")
         records = _records(log)
         placed = {n: _frames(records, n)[-1]["node"] for n in names}
         nodes = sorted(set(placed.values()))

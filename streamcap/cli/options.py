@@ -53,3 +53,6 @@ Duration = Annotated[Optional[float], typer.Option("--duration", callback=_posit
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log source events and warnings to stderr.")]
 CameraConfigFile = Annotated[Optional[Path], typer.Option("--config", help="cameras.yaml: cameras (name, url or url_env), per-camera options, alerts, resources per camera group.")]
 RayAddress = Annotated[Optional[str], typer.Option("--ray", help="Run camera groups as Ray actors: local (start a Ray instance here), auto (the running cluster) or HOST:PORT.")]
+EventsDir = Annotated[Optional[Path], typer.Option("--events-dir", help="Save a JPEG of the annotated frame at every caption change and alert here (the log's `snapshot` field names it); without --log the log goes to EVENTS_DIR/events.jsonl.")]
+EventsMaxMb = Annotated[float, typer.Option("--events-max-mb", callback=_positive, help="Bound on the snapshots' total size in MB; the oldest are removed first.")]
+NoIndex = Annotated[bool, typer.Option("--no-index", help="Do not keep the search index (LOG.index.sqlite) up to date while running.")]

@@ -255,16 +255,22 @@ class ClusterMonitor:
 
 def run_cluster(cfg: CameraConfig, jobs: dict[str, Any], *, address: str, log_path: Path | None,
                 local_dir: str, duration_s: float | None = None, stage_factory: Callable | None = None,
-                install_signals: bool = True, console: Any = None) -> int:
-    """Connect, place, merge until a signal (or duration); the exit code."""
+                install_signals: bool = True, console: Any = None, index: bool = True,
+                tap: Any = None) -> int:
+    """Connect, place, merge until a signal (or duration); the exit code. The merged records go
+    through a record tap (``streamcap.tap``): the JSONL log, the search index beside it, and
+    every subscriber of ``tap`` get every record of every node."""
     import ray
 
-    from streamcap.sinks import JsonlSink
+    from streamcap.runner import Job, _attach_outputs, _close_outputs
+    from streamcap.tap import RecordTap
 
     started_here = not ray.is_initialized()
     if started_here:
         connect(address)
-    sink = JsonlSink(log_path).open() if log_path is not None else None
+    tap = tap if tap is not None else RecordTap()
+    _attach_outputs(Job(command="monitor", sources=[], log=log_path, index=index), tap)
+    sink = tap
     mon = ClusterMonitor(cfg, jobs, sink=sink, local_dir=local_dir, stage_factory=stage_factory,
                          duration_s=duration_s)
     old = {}
@@ -285,8 +291,7 @@ def run_cluster(cfg: CameraConfig, jobs: dict[str, Any], *, address: str, log_pa
         finally:
             for sig, handler in old.items():
                 signal.signal(sig, handler)
-            if sink is not None:
-                sink.close()
+            _close_outputs(tap)
             if started_here:
                 ray.shutdown()
     if console is not None:

@@ -28,12 +28,13 @@ def _source(cam: Camera, opts: dict[str, Any]) -> SourceConfig:
 
 def group_job(group: Group, opts: dict[str, Any], *, log: Path | None, argv: list[str]):
     """The Job that runs one group's cameras (what an actor, or plain monitor, runs)."""
-    from streamcap.cli.run import _model_options
+    from streamcap.cli.run import _events_options, _model_options
     from streamcap.runner import Job
 
     merged = {**opts, **group.engine_options}
-    return Job(command="monitor", sources=[_source(c, opts) for c in group.cameras], log=log, stats=False,
-               argv=argv, progress=False, duration_s=merged.get("duration"), **_model_options(merged))
+    return Job(command="monitor", sources=[_source(c, opts) for c in group.cameras], log=log, stats=opts.get("stats", False),
+               argv=argv, progress=False, duration_s=merged.get("duration"), **_events_options(merged),
+               **_model_options(merged))
 
 
 def single_job(cfg: CameraConfig, opts: dict[str, Any], *, log: Path | None, argv: list[str]):

@@ -52,12 +52,17 @@ def monitor_cameras(opts: dict[str, Any]) -> None:
         from streamcap.sinks import check_output_path
 
         check_output_path(opts["log"], [], append=True)
+    if opts.get("events_dir") is not None:
+        raise BadInputError("--events-dir is not supported with --ray yet (snapshots would stay on each node)")
     jobs = {name: group_job(g, opts, log=None, argv=argv) for name, g in cfg.groups.items()}
     for job in jobs.values():
         job.duration_s = None  # the driver ends the run; each actor runs until told
+        job.index = False  # the driver keeps the one search index, beside the merged log
+        job.stats = False  # no table inside an actor
     from streamcap.cluster.driver import run_cluster
 
     code = run_cluster(cfg, jobs, address=address, log_path=opts["log"], local_dir=local_log_dir(opts["log"]),
-                       duration_s=opts.get("duration"), console=err_console)
+                       duration_s=opts.get("duration"), console=err_console,
+                       index=not opts.get("no_index", False))
     if code:
         raise typer.Exit(code)
