@@ -65,6 +65,7 @@ class CameraGroup:
         self._pipeline = None
         self._stop_reason: str | None = None
         self.done = threading.Event()
+        self._fresh = threading.Event()  # set by every record the engine writes
         self.exit_code: int | None = None
         self.error: str | None = None
         threading.Thread(target=self._run, name=f"group-{group}", daemon=True).start()
@@ -88,7 +89,7 @@ class CameraGroup:
         try:
             stage = self._stage_factory() if self._stage_factory is not None else None
             summary = runner.run_job(self.job, console=Console(stderr=True, quiet=True), install_signals=False,
-                                     stage=stage)
+                                     stage=stage, on_record=lambda _record: self._fresh.set())
             self.exit_code, self.error = summary.exit_code, summary.error
         except StreamcapError as err:
             self.exit_code, self.error = err.exit_code, str(err)
@@ -96,13 +97,23 @@ class CameraGroup:
             self.exit_code, self.error = 1, f"{type(err).__name__}: {err}"
         finally:
             self.done.set()
+            self._fresh.set()
 
     # -- called by the driver ------------------------------------------------------------------
-    def fetch(self, since: dict[str, int], limit: int = 2000) -> dict[str, Any]:
-        """This incarnation's identity and the local log's lines after ``since[path]``."""
+    def fetch(self, since: dict[str, int], limit: int = 2000, wait_s: float = 0.5,
+              linger_s: float = 0.0) -> dict[str, Any]:
+        """This incarnation's identity and the local log's lines after ``since[path]``. Waits up
+        to ``wait_s`` for a first new line (the engine's record tap wakes it: the line is in the
+        file before subscribers hear of it), then ``linger_s`` more so that one answer carries
+        several records (fewer calls, at that much latency)."""
         key = str(self.path)
         start = int(since.get(key, 0))
+        self._fresh.clear()
         lines, self._cursor = read_lines(self.path, start, limit, self._cursor)
+        if not lines and not self.done.is_set() and self._fresh.wait(wait_s):
+            if linger_s > 0:
+                self.done.wait(linger_s)
+            lines, self._cursor = read_lines(self.path, start, limit, self._cursor)
         return {"node_id": self.node_id, "node_ip": self.node_ip, "path": key, "first_seq": start + 1,
                 "lines": lines, "done": self.done.is_set() and len(lines) < limit, "exit_code": self.exit_code,
                 "error": self.error, "restarted": self.restarted, "started": self.started}

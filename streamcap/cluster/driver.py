@@ -28,7 +28,8 @@ from streamcap.cluster.config import CameraConfig, Group
 from streamcap.errors import BadInputError, StreamcapError
 
 log = logging.getLogger(__name__)
-POLL_S = 0.2
+POLL_S = 1.0  # the longest wait for any actor's answer (actors answer as soon as they log)
+LINGER_S = 0.1  # an actor collects records this long after the first before answering
 UNREACHABLE_S = 2.0  # no answer for this long counts as an outage (caught_up is logged after)
 
 
@@ -81,8 +82,9 @@ class ClusterMonitor:
 
     def __init__(self, cfg: CameraConfig, jobs: dict[str, Any], *, sink: Any, local_dir: str,
                  stage_factory: Callable | None = None, on_record: Callable[[dict], None] | None = None,
-                 duration_s: float | None = None) -> None:
+                 duration_s: float | None = None, linger_s: float = LINGER_S) -> None:
         self.cfg, self.jobs, self.sink = cfg, jobs, sink
+        self.linger_s = linger_s
         self.local_dir = local_dir
         self.stage_factory = stage_factory
         self.on_record = on_record
@@ -188,12 +190,14 @@ class ClusterMonitor:
             if st.dead:
                 continue
             if st.pending is None:
-                st.pending = st.actor.fetch.remote(dict(st.consumed))
+                st.pending = st.actor.fetch.remote(dict(st.consumed), linger_s=self.linger_s)
             by_ref[st.pending] = st
         if not by_ref:
             time.sleep(timeout)
             return
-        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout)
+        ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=timeout)
+        if ready:  # and whatever else is ready by now
+            ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
         for ref in ready:
             st = by_ref[ref]
             st.pending = None
@@ -218,7 +222,6 @@ class ClusterMonitor:
             live = [s for s in self.states.values() if not s.dead]
             if live and all(s.done for s in live):
                 self.request_stop("ended")
-            time.sleep(0.05)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop every actor's run, pull what is left, write ``cluster_end``."""
@@ -256,7 +259,7 @@ class ClusterMonitor:
 def run_cluster(cfg: CameraConfig, jobs: dict[str, Any], *, address: str, log_path: Path | None,
                 local_dir: str, duration_s: float | None = None, stage_factory: Callable | None = None,
                 install_signals: bool = True, console: Any = None, index: bool = True,
-                tap: Any = None) -> int:
+                tap: Any = None, linger_s: float = LINGER_S) -> int:
     """Connect, place, merge until a signal (or duration); the exit code. The merged records go
     through a record tap (``streamcap.tap``): the JSONL log, the search index beside it, and
     every subscriber of ``tap`` get every record of every node."""
@@ -272,7 +275,7 @@ def run_cluster(cfg: CameraConfig, jobs: dict[str, Any], *, address: str, log_pa
     _attach_outputs(Job(command="monitor", sources=[], log=log_path, index=index), tap)
     sink = tap
     mon = ClusterMonitor(cfg, jobs, sink=sink, local_dir=local_dir, stage_factory=stage_factory,
-                         duration_s=duration_s)
+                         duration_s=duration_s, linger_s=linger_s)
     old = {}
     if install_signals and threading.current_thread() is threading.main_thread():
         for sig, name in ((signal.SIGINT, "sigint"), (signal.SIGTERM, "sigterm")):

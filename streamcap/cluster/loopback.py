@@ -37,7 +37,7 @@ class LoopbackCluster:
     """``start()`` a head and ``workers`` worker nodes; ``kill_node(ip)``; ``stop()``."""
 
     def __init__(self, workers: int = 1, cpus: float = 4, temp_dir: str | None = None,
-                 health_check_ms: int = 1000, env: dict[str, str] | None = None) -> None:
+                 health_check_ms: int = 1000, env: dict[str, str] | None = None, token: str | None = None) -> None:
         base = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}."
         last = random.sample(range(2, 250), workers + 1)
         self.ips = [base + str(n) for n in last]
@@ -45,7 +45,7 @@ class LoopbackCluster:
         # Ray's socket paths must stay short: a short folder of its own under /tmp.
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="scray", dir="/tmp")
         self.port = _free_port(self.ips[0])
-        self.token = secrets.token_hex(16)
+        self.token = token or secrets.token_hex(16)
         self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
                     "RAY_USAGE_STATS_ENABLED": "0",
                     # A dead node is noticed within a few seconds (defaults: 3 s x 5).
