@@ -171,3 +171,15 @@ def test_monitor_config_without_ray(tmp_path, rtsp_server):
     frames = {s: [r for r in records if r["event"] == "frame" and r["source"] == s] for s in ("door", "yard")}
     assert frames["door"] and frames["yard"]
     assert "hunter2" not in log.read_text() and "hunter2" not in proc.stderr
+
+
+def test_readme_example_is_valid():
+    import yaml
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Cameras from a file, and a Ray cluster"):]
+    block = section[section.index("```yaml") + len("```yaml"):section.index("```\n", section.index("```yaml") + 7)]
+    env = {"DOOR_URL": "rtsp://u:p@10.0.0.5/s", "YARD_URL": "rtsp://10.0.0.7/s", "GATE_URL": "rtsp://10.0.0.8/s"}
+    cfg = parse(yaml.safe_load(block), env=env)
+    assert [c.name for c in cfg.cameras] == ["door", "hall", "yard", "gate"]
+    assert cfg.groups["site-a"].resources == {"site-a": 1.0} and cfg.groups["site-b"].num_gpus == 1.0
