@@ -98,8 +98,12 @@ class Collector:
         if not self.arrivals:
             return {"frames": 0}
         lat = sorted((a - f) * 1000 for _, f, a in self.arrivals)
-        span = max(a for *_, a in self.arrivals) - min(f for _, f, _ in self.arrivals)
-        fig = {"frames": len(lat), "fps": round(len(lat) / span, 1) if span > 0 else None,
+        fps = 0.0  # each camera's frames over its own span (actors start at different times)
+        for cam in {c for c, _, _ in self.arrivals}:
+            times = [f for c, f, _ in self.arrivals if c == cam]
+            if len(times) > 1 and times[-1] > times[0]:
+                fps += (len(times) - 1) / (times[-1] - times[0])
+        fig = {"frames": len(lat), "fps": round(fps, 1),
                "latency_p50_ms": round(statistics.median(lat), 1),
                "latency_p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 1)}
         if getattr(self, "breakdown_end", None):

@@ -30,7 +30,8 @@ from streamcap.errors import BadInputError, StreamcapError
 log = logging.getLogger(__name__)
 POLL_S = 1.0  # the longest wait for any actor's answer (actors answer as soon as they log)
 LINGER_S = 0.1  # an actor collects records this long after the first before answering
-UNREACHABLE_S = 2.0  # no answer for this long counts as an outage (caught_up is logged after)
+UNREACHABLE_S = 2.0
+RETRY_S = 0.25  # after a failed call, ask that actor again this much later  # no answer for this long counts as an outage (caught_up is logged after)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class _GroupState:
     exit_code: int | None = None
     error: str | None = None
     received: int = 0
+    retry_at: float = 0.0
 
 
 def node_label(node_ip: str, node_id: str) -> str:
@@ -186,14 +188,15 @@ class ClusterMonitor:
         from ray.exceptions import ActorDiedError, RayActorError
 
         by_ref = {}
+        now = time.monotonic()
         for st in self.states.values():
-            if st.dead:
-                continue
+            if st.dead or (st.pending is None and (st.done or now < st.retry_at)):
+                continue  # ended (everything pulled), or failed a moment ago
             if st.pending is None:
                 st.pending = st.actor.fetch.remote(dict(st.consumed), linger_s=self.linger_s)
             by_ref[st.pending] = st
         if not by_ref:
-            time.sleep(timeout)
+            time.sleep(min(timeout, RETRY_S))
             return
         ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=timeout)
         if ready:  # and whatever else is ready by now
@@ -204,6 +207,7 @@ class ClusterMonitor:
             try:
                 self._handle(st, ray.get(ref))
             except ActorDiedError as err:
+                st.retry_at = time.monotonic() + RETRY_S
                 if "restart" in str(err).lower() and "exceeded" not in str(err).lower():
                     continue  # being restarted: ask again
                 if not st.dead:
@@ -211,7 +215,7 @@ class ClusterMonitor:
                     self._write("actor_failed", group=st.group.name, node=st.node,
                                 cameras=[c.name for c in st.group.cameras], message=str(err).splitlines()[0][:300])
             except RayActorError:
-                continue  # unavailable for now (restarting, node lost): ask again next round
+                st.retry_at = time.monotonic() + RETRY_S  # unavailable for now (restarting, node lost)
 
     def run(self) -> None:
         started = time.monotonic()

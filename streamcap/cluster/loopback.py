@@ -85,14 +85,16 @@ class LoopbackCluster:
     def processes(self) -> list[psutil.Process]:
         """Every process of this cluster: those naming its folder, and all their descendants."""
         found: dict[int, psutil.Process] = {}
+        me = os.getpid()
         for p in psutil.process_iter(["cmdline"]):
             try:
-                if any(self.temp_dir in part for part in (p.info["cmdline"] or [])):
+                if p.pid != me and any(self.temp_dir in part for part in (p.info["cmdline"] or [])):
                     found[p.pid] = p
                     for c in p.children(recursive=True):
                         found[c.pid] = c
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
+        found.pop(me, None)
         return list(found.values())
 
     def raylet(self, ip: str) -> psutil.Process:

@@ -46,6 +46,10 @@ def monitor_cameras(opts: dict[str, Any]) -> None:
         _run(single_job(cfg, opts, log=opts["log"], argv=argv))
         return
     address = opts["ray"]
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise BadInputError("--ray needs Ray: pip install 'streamcap[ray]'") from None
     if not (address in ("local", "auto") or ":" in address):
         raise BadInputError(f"--ray must be local, auto or HOST:PORT, got {address!r}")
     if opts.get("log") is not None:
