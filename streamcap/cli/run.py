@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -215,7 +215,8 @@ def live(
 
 
 def monitor(
-    urls: Annotated[list[str], typer.Argument(help="One or more camera URLs (or webcam indexes).")],
+    urls: Annotated[Optional[list[str]], typer.Argument(help="One or more camera URLs (or webcam indexes).")] = None,
+    config: CameraConfigFile = None, ray: RayAddress = None,
     log: LogFile = None, log_every: LogEvery = 1, log_masks: LogMasks = False, stride: Stride = 1,
     drop: Drop = None, queue_size: QueueSize = None, rtsp_transport: Transport = None,
     max_retries: MaxRetries = None, open_timeout: OpenTimeout = 10.0, read_timeout: ReadTimeout = 5.0,
@@ -244,10 +245,18 @@ def monitor(
     [bold]Example[/]
 
       streamcap monitor rtsp://camera1/stream rtsp://camera2/stream --log captions.jsonl
+
+      streamcap monitor --config cameras.yaml --ray auto --log captions.jsonl   (on a Ray cluster)
     """
     from streamcap.runner import Job
 
     setup_logging(verbose)
+    if config is not None or ray is not None:
+        from streamcap.cluster.monitor import monitor_cameras
+
+        return monitor_cameras(dict(locals()))
+    if not urls:
+        raise fail("give one or more camera URLs, or --config cameras.yaml")
     if len(set(urls)) != len(urls):
         raise fail("the same URL is given twice")
     sources = [_source(u, kind="webcam" if u.isdigit() else "stream", drop=drop, stride=stride,

@@ -1,0 +1,129 @@
+"""One camera group inside a Ray actor: the same engine as ``monitor`` (``run_job``), writing
+the node's own JSONL log, from which the driver pulls lines by sequence number.
+
+The local log is the source of truth: a line's sequence number is its line number in that
+file (1-based). The driver asks for the lines after the last one it wrote, so a driver that
+was cut off catches up from the file, and a restarted actor on the same node (same file)
+continues the numbering: nothing is sent twice and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from streamcap.errors import StreamcapError
+
+
+def local_log_path(local_dir: str | os.PathLike, group: str, node_id: str) -> Path:
+    return Path(local_dir) / f"{group}.{node_id[:12]}.jsonl"
+
+
+def read_lines(path: Path, since: int, limit: int, cursor: tuple[int, int] | None = None) -> tuple[list[str], tuple[int, int]]:
+    """Complete lines number since+1 .. since+limit of ``path`` and the (seq, offset) after them.
+    ``cursor`` (the seq and byte offset where an earlier read stopped) saves rescanning."""
+    seq, offset = cursor if cursor is not None and cursor[0] <= since else (0, 0)
+    lines: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            while len(lines) < limit:
+                raw = f.readline()
+                if not raw.endswith(b"\n"):  # nothing more, or a line still being written
+                    break
+                offset += len(raw)
+                seq += 1
+                if seq > since:
+                    lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+    except FileNotFoundError:
+        pass
+    return lines, (seq, offset)
+
+
+class CameraGroup:
+    """Runs one group's Job on this node. Ray wraps it with ``ray.remote`` (see ``driver``);
+    a restart by Ray runs ``__init__`` again, which starts the engine again (cameras reconnect)."""
+
+    def __init__(self, group: str, job: Any, local_dir: str, stage_factory: Callable | None = None) -> None:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        self.group = group
+        self.node_id = ctx.get_node_id()
+        self.node_ip = ray.util.get_node_ip_address()
+        self.restarted = bool(ctx.was_current_actor_reconstructed)
+        self.started = time.time()
+        self.path = local_log_path(local_dir, group, self.node_id)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        job.log = self.path
+        self.job = job
+        self._stage_factory = stage_factory
+        self._cursor: tuple[int, int] | None = None
+        self._pipeline = None
+        self._stop_reason: str | None = None
+        self.done = threading.Event()
+        self._fresh = threading.Event()  # set by every record the engine writes
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        threading.Thread(target=self._run, name=f"group-{group}", daemon=True).start()
+
+    def _run(self) -> None:
+        from rich.console import Console
+
+        from streamcap import runner
+
+        actor = self
+
+        class _Pipeline(runner.Pipeline):  # keeps a handle so that stop() can end the run
+            def __init__(self, *a: Any, **kw: Any) -> None:
+                super().__init__(*a, **kw)
+                actor._pipeline = self
+                if actor._stop_reason is not None:
+                    self.request_stop(actor._stop_reason)
+
+        # Interim: run_job has no stop hook yet; this process runs only this one job.
+        runner.Pipeline = _Pipeline
+        try:
+            stage = self._stage_factory() if self._stage_factory is not None else None
+            summary = runner.run_job(self.job, console=Console(stderr=True, quiet=True), install_signals=False,
+                                     stage=stage, on_record=lambda _record: self._fresh.set())
+            self.exit_code, self.error = summary.exit_code, summary.error
+        except StreamcapError as err:
+            self.exit_code, self.error = err.exit_code, str(err)
+        except BaseException as err:  # reported to the driver, never lost in the thread
+            self.exit_code, self.error = 1, f"{type(err).__name__}: {err}"
+        finally:
+            self.done.set()
+            self._fresh.set()
+
+    # -- called by the driver ------------------------------------------------------------------
+    def fetch(self, since: dict[str, int], limit: int = 2000, wait_s: float = 0.5,
+              linger_s: float = 0.0) -> dict[str, Any]:
+        """This incarnation's identity and the local log's lines after ``since[path]``. Waits up
+        to ``wait_s`` for a first new line (the engine's record tap wakes it: the line is in the
+        file before subscribers hear of it), then ``linger_s`` more so that one answer carries
+        several records (fewer calls, at that much latency)."""
+        key = str(self.path)
+        start = int(since.get(key, 0))
+        self._fresh.clear()
+        lines, self._cursor = read_lines(self.path, start, limit, self._cursor)
+        if not lines and not self.done.is_set() and self._fresh.wait(wait_s):
+            if linger_s > 0:
+                self.done.wait(linger_s)
+            lines, self._cursor = read_lines(self.path, start, limit, self._cursor)
+        return {"node_id": self.node_id, "node_ip": self.node_ip, "path": key, "first_seq": start + 1,
+                "lines": lines, "done": self.done.is_set() and len(lines) < limit, "exit_code": self.exit_code,
+                "error": self.error, "restarted": self.restarted, "started": self.started}
+
+    def stop(self, reason: str = "sigint", timeout_s: float = 20.0) -> bool:
+        """End the run as a signal would (the log ends with ``end``); True when it ended."""
+        self._stop_reason = reason
+        if self._pipeline is not None:
+            self._pipeline.request_stop(reason)
+        return self.done.wait(timeout_s)
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -1,0 +1,255 @@
+"""Figures for ``monitor --ray`` (a benchmark, not a test): throughput and latency for 1, 2, 4, 8
+cameras on 1 and 2 local Ray nodes, and the Ray path's overhead against plain ``monitor``.
+
+    python -m streamcap.cluster.bench --cameras 1,2,4,8 --nodes 1,2 [--model-ms 2] [--json out.json]
+
+Each camera plays the sample clip at its own frame rate (a live source: newest frame wins); the
+model is a fake that sleeps ``--model-ms`` per frame, so the engine and the Ray path are what is
+measured. Latency is from a frame's capture to its record in the driver's merged log (for
+plain monitor: to its record in the log). CPU is the CPU time of every process involved (plain:
+the monitor process; Ray: the driver and every process of the cluster, Ray's own included),
+per frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+
+from streamcap.capture import SourceConfig
+
+CLIP = Path(__file__).resolve().parents[2] / "samples" / "vtest_8s.mp4"
+
+
+class FakeModel:
+    """Sleeps per frame, finds nothing (picklable: Ray sends it to the actors)."""
+
+    name = "fake"
+    batch_size = 1
+
+    def __init__(self, ms: float = 2.0) -> None:
+        self.ms = ms
+
+    def __call__(self, frames):
+        time.sleep(self.ms / 1000 * len(frames))
+        return [None for _ in frames]
+
+
+class _Factory:
+    def __init__(self, ms: float) -> None:
+        self.ms = ms
+
+    def __call__(self) -> FakeModel:
+        return FakeModel(self.ms)
+
+
+def _job(names: list[str], clip: Path):
+    from streamcap.pipeline import PipelineConfig
+    from streamcap.runner import Job
+
+    sources = [SourceConfig(uri=str(clip), name=n, kind="file", realtime=True, drop="latest", queue_size=1)
+               for n in names]
+    return Job(command="monitor", sources=sources, progress=False, index=False,
+               pipeline=PipelineConfig(stats_interval_s=0, seg_every=1))
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+class Collector:
+    """A record subscriber noting when each frame record arrived. CPU is measured in steady
+    state: from the moment every camera has delivered a frame (actors started, models loaded)
+    to the last frame, over ``procs()``."""
+
+    def __init__(self, cameras: int, procs) -> None:
+        self.cameras, self.procs = cameras, procs
+        self.arrivals: list[tuple[str, float, float]] = []  # camera, frame time, arrival
+        self.seen: set[str] = set()
+        self.window: list = []  # [(t, cpu, n_frames, processes)] at the start and the last frame
+
+    def __call__(self, record: dict) -> None:
+        if record.get("event") == "frame" and record.get("frame_time"):
+            self.arrivals.append((record["source"], _ts(record["frame_time"]), time.time()))
+            if len(self.seen) < self.cameras:
+                self.seen.add(record["source"])
+                if len(self.seen) == self.cameras:
+                    procs = self.procs()
+                    self.window = [(time.monotonic(), _cpu(procs), len(self.arrivals), procs)]
+                    if os.environ.get("STREAMCAP_BENCH_BREAKDOWN"):
+                        self.breakdown_start = {}
+                        for p in procs:
+                            try:
+                                self.breakdown_start[p.name()] = self.breakdown_start.get(p.name(), 0.0) + _cpu([p])
+                            except psutil.NoSuchProcess:
+                                pass
+            elif self.window:
+                self.window[1:] = [(time.monotonic(), None, len(self.arrivals), None)]
+
+    def figures(self) -> dict:
+        if not self.arrivals:
+            return {"frames": 0}
+        lat = sorted((a - f) * 1000 for _, f, a in self.arrivals)
+        fps = 0.0  # each camera's frames over its own span (actors start at different times)
+        for cam in {c for c, _, _ in self.arrivals}:
+            times = [f for c, f, _ in self.arrivals if c == cam]
+            if len(times) > 1 and times[-1] > times[0]:
+                fps += (len(times) - 1) / (times[-1] - times[0])
+        fig = {"frames": len(lat), "fps": round(fps, 1),
+               "latency_p50_ms": round(statistics.median(lat), 1),
+               "latency_p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 1)}
+        if getattr(self, "breakdown_end", None):
+            fig["steady_cpu_s_by_process"] = {k: round(v - self.breakdown_start.get(k, 0.0), 2)
+                                              for k, v in self.breakdown_end.items()}
+        if len(self.window) == 2:
+            (t0, c0, n0, procs), (t1, _, n1, _) = self.window
+            fig["steady_cpu_ms_per_frame"] = round(1000 * (self.end_cpu - c0) / (n1 - n0), 2) if n1 > n0 else None
+            fig["steady_cpu_cores"] = round((self.end_cpu - c0) / (t1 - t0), 2) if t1 > t0 else None
+        return fig
+
+    def finish(self) -> None:
+        """CPU of the same processes now (call right after the last frame)."""
+        self.end_cpu = _cpu(self.window[0][3]) if self.window else 0.0
+        if os.environ.get("STREAMCAP_BENCH_BREAKDOWN") and self.window:
+            by: dict[str, float] = {}
+            for p in self.window[0][3]:
+                try:
+                    by[p.name()] = by.get(p.name(), 0.0) + _cpu([p])
+                except psutil.NoSuchProcess:
+                    pass
+            self.breakdown_end = by
+
+
+def _cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run_plain(n: int, model_ms: float, clip: Path) -> dict:
+    from rich.console import Console
+
+    from streamcap.runner import run_job
+
+    me = psutil.Process()
+    coll = Collector(n, lambda: [me])
+    t0 = time.monotonic()
+
+    def on_record(record: dict) -> None:
+        coll(record)
+        if record.get("event") == "end":
+            coll.finish()
+    run_job(_job([f"cam{i + 1}" for i in range(n)], clip), console=Console(stderr=True, quiet=True),
+            install_signals=False, stage=FakeModel(model_ms), on_record=on_record)
+    fig = coll.figures()
+    fig.update(wall_s=round(time.monotonic() - t0, 1))
+    return fig
+
+
+def run_ray(n: int, model_ms: float, clip: Path, cluster, one_group: bool = False, linger_s: float = 0.1) -> dict:
+    from streamcap.cluster.config import Camera, CameraConfig, Group
+    from streamcap.cluster.driver import run_cluster
+    from streamcap.tap import RecordTap
+
+    cams = [Camera(name=f"cam{i + 1}", url=str(clip), group="all" if one_group else f"cam{i + 1}") for i in range(n)]
+    groups: dict[str, Group] = {}
+    for c in cams:
+        groups.setdefault(c.group, Group(c.group, num_cpus=0.5)).cameras.append(c)
+    jobs = {name: _job([c.name for c in g.cameras], clip) for name, g in groups.items()}
+    coll = Collector(n, lambda: [psutil.Process(), *cluster.processes()])
+    ends = []
+
+    def on_record(record: dict) -> None:
+        coll(record)
+        if record.get("event") == "end":
+            ends.append(1)
+            if len(ends) == len(groups):
+                coll.finish()
+    tap = RecordTap()
+    tap.subscribe(on_record)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        run_cluster(CameraConfig(cameras=cams, groups=groups), jobs, address=cluster.address, log_path=None,
+                    local_dir=tmp, stage_factory=_Factory(model_ms), install_signals=False, tap=tap, index=False,
+                    linger_s=linger_s)
+    fig = coll.figures()
+    fig.update(wall_s=round(time.monotonic() - t0, 1), linger_s=linger_s)
+    fig["cameras_with_frames"] = len({r[0] for r in coll.arrivals})
+    return fig
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cameras", default="1,2,4,8")
+    ap.add_argument("--nodes", default="1,2")
+    ap.add_argument("--model-ms", type=float, default=2.0)
+    ap.add_argument("--clip", type=Path, default=CLIP)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    counts = [int(x) for x in args.cameras.split(",")]
+    results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "model_ms": args.model_ms,
+                     "plain": {}, "ray": {}}
+    for n in counts:
+        results["plain"][n] = run_plain(n, args.model_ms, args.clip)
+        print(f"plain monitor, {n} cameras: {results['plain'][n]}", flush=True)
+    import secrets
+
+    from streamcap.cluster.loopback import LoopbackCluster
+
+    # Ray reads its authentication settings when imported: one token for every cluster here.
+    token = secrets.token_hex(16)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    import ray
+
+    repo = str(Path(__file__).resolve().parents[2])
+    for nodes in (int(x) for x in args.nodes.split(",")):
+        cluster = LoopbackCluster(workers=nodes - 1, cpus=8, env={"PYTHONPATH": repo}, token=token)
+        try:
+            t0 = time.monotonic()
+            cluster.start()
+            ray.init(address=cluster.address, _node_ip_address=cluster.head_ip, log_to_driver=False,
+                     configure_logging=False)
+            results["ray"][nodes] = {"cluster_start_s": round(time.monotonic() - t0, 1)}
+            for n in counts:
+                results["ray"][nodes][n] = run_ray(n, args.model_ms, args.clip, cluster)
+                print(f"ray, {nodes} node(s), {n} cameras, an actor each: {results['ray'][nodes][n]}", flush=True)
+            if nodes == 1:  # the overhead of the Ray path itself: all cameras in one actor, as in plain monitor
+                results["ray_one_actor"] = {}
+                for n in counts:
+                    results["ray_one_actor"][n] = run_ray(n, args.model_ms, args.clip, cluster, one_group=True)
+                    print(f"ray, 1 node, {n} cameras in one actor: {results['ray_one_actor'][n]}", flush=True)
+                n = counts[-1]
+                results["ray_one_actor_no_linger"] = {n: run_ray(n, args.model_ms, args.clip, cluster, one_group=True,
+                                                                 linger_s=0.0)}
+                print(f"ray, 1 node, {n} cameras in one actor, no linger: {results['ray_one_actor_no_linger'][n]}",
+                      flush=True)
+        finally:
+            ray.shutdown()
+            cluster.stop()
+    results["load_after"] = os.getloadavg()
+    key = "steady_cpu_ms_per_frame"
+    for name in ("ray_one_actor", "ray_one_actor_no_linger"):
+        if name in results:
+            results[f"overhead_{name}_steady_cpu_per_frame"] = {
+                n: round(results[name][n][key] / results["plain"][n][key] - 1, 3)
+                for n in results[name] if results["plain"][n].get(key) and results[name][n].get(key)}
+    print(json.dumps(results, indent=1, default=str))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

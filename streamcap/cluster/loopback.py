@@ -1,0 +1,144 @@
+"""A real multi-node Ray cluster on one machine, each node on its own loopback address
+(``ray start --node-ip-address 127.a.b.c``), for the tests and the benchmark.
+
+Ray replaces 127.0.0.1 with the machine's network address; another loopback address keeps
+every connection on 127.x. Token authentication is on (a fresh token per cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _ray_bin() -> str:
+    found = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    return found
+
+
+class LoopbackCluster:
+    """``start()`` a head and ``workers`` worker nodes; ``kill_node(ip)``; ``stop()``."""
+
+    def __init__(self, workers: int = 1, cpus: float = 4, temp_dir: str | None = None,
+                 health_check_ms: int = 1000, env: dict[str, str] | None = None, token: str | None = None) -> None:
+        base = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}."
+        last = random.sample(range(2, 250), workers + 1)
+        self.ips = [base + str(n) for n in last]
+        self.cpus = cpus
+        # Ray's socket paths must stay short: a short folder of its own under /tmp.
+        self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="scray", dir="/tmp")
+        self.port = _free_port(self.ips[0])
+        self.token = token or secrets.token_hex(16)
+        self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+                    "RAY_USAGE_STATS_ENABLED": "0",
+                    # A dead node is noticed within a few seconds (defaults: 3 s x 5).
+                    "RAY_health_check_period_ms": str(health_check_ms),
+                    "RAY_health_check_failure_threshold": "3",
+                    "RAY_health_check_timeout_ms": str(health_check_ms)}
+
+    @property
+    def address(self) -> str:
+        return f"{self.ips[0]}:{self.port}"
+
+    @property
+    def head_ip(self) -> str:
+        return self.ips[0]
+
+    def client_env(self) -> dict[str, str]:
+        """What a driver needs in its environment to join (the token)."""
+        return {k: self.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
+
+    def _ray(self, *args: str, timeout: float = 180) -> None:
+        proc = subprocess.run(["nice", "-n", "10", _ray_bin(), "start", *args, "--num-cpus", str(self.cpus),
+                               "--disable-usage-stats"], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"ray start {' '.join(args[:2])} failed: {' | '.join(tail)}")
+
+    def start(self) -> "LoopbackCluster":
+        self._ray("--head", "--node-ip-address", self.head_ip, "--port", str(self.port),
+                  "--include-dashboard=false", "--temp-dir", self.temp_dir,
+                  "--ray-client-server-port", str(_free_port(self.head_ip)))
+        for ip in self.ips[1:]:
+            self._ray("--address", self.address, "--node-ip-address", ip)
+        return self
+
+    # -- processes -------------------------------------------------------------------------------
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this cluster: those naming its folder, and all their descendants."""
+        found: dict[int, psutil.Process] = {}
+        me = os.getpid()
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if p.pid != me and any(self.temp_dir in part for part in (p.info["cmdline"] or [])):
+                    found[p.pid] = p
+                    for c in p.children(recursive=True):
+                        found[c.pid] = c
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        found.pop(me, None)
+        return list(found.values())
+
+    def raylet(self, ip: str) -> psutil.Process:
+        for p in self.processes():
+            try:
+                cmd = p.cmdline()
+            except psutil.NoSuchProcess:
+                continue
+            if cmd and cmd[0].endswith("raylet") and f"--node_ip_address={ip}" in cmd:
+                return p
+        raise LookupError(f"no raylet for {ip}")
+
+    def kill_node(self, ip: str) -> None:
+        """The node dies: its raylet and everything under it (agents, actor workers) killed at once."""
+        raylet = self.raylet(ip)
+        victims = [raylet, *raylet.children(recursive=True)]
+        for p in victims:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(victims, timeout=10)
+
+    def stop(self) -> None:
+        procs = self.processes()
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> "LoopbackCluster":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_until(predicate, timeout: float, what: str, step: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise TimeoutError(f"timed out waiting for {what}")
