@@ -20,7 +20,8 @@ from rich.table import Table
 from streamcap.capture import SourceConfig, probe_file, redact_url
 from streamcap.errors import BadInputError
 from streamcap.pipeline import Pipeline, PipelineConfig, RunSummary
-from streamcap.sinks import JsonlSink, VideoFileSink, check_output_path, check_video_output
+from streamcap.sinks import JSONL_SCHEMA_FULL, JsonlSink, VideoFileSink, check_output_path, check_video_output
+from streamcap.tap import RecordTap
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,19 @@ class Job:
     caption: dict[str, Any] | None = None
     argv: list[str] = field(default_factory=list)
     duration_s: float | None = None  # stop after this many seconds (live, monitor)
+    events_dir: Path | None = None  # event snapshots here (and the log, when no --log is given)
+    events_max_mb: float = 500.0  # the events folder's bound; oldest snapshots removed first
+    index: bool = True  # keep the search index beside the log while running
+
+
+def effective_log(job: Job) -> Path | None:
+    """The JSONL log a job writes: ``--log``, else ``EVENTS_DIR/events.jsonl`` with
+    ``--events-dir`` (snapshots are only found through the records that point to them)."""
+    if job.log is not None:
+        return Path(job.log)
+    if job.events_dir is not None:
+        return Path(job.events_dir) / "events.jsonl"
+    return None
 
 
 def build_models(job: Job, console: Console | None = None, *, stage: Any = None, captioner: Any = None):
@@ -99,9 +113,16 @@ def validate(job: Job) -> dict[str, Any]:
     if job.out is not None:
         check_video_output(job.out, job.codec)
         check_output_path(job.out, inputs, overwrite=job.overwrite)
-    if job.log is not None:
-        check_output_path(job.log, inputs, append=True)
-        if job.out is not None and Path(job.log).resolve() == Path(job.out).resolve():
+    if job.events_dir is not None:
+        from streamcap.events import check_events_dir
+
+        if not job.events_max_mb > 0:
+            raise BadInputError(f"--events-max-mb must be more than 0, got {job.events_max_mb}")
+        check_events_dir(job.events_dir)
+    log_path = effective_log(job)
+    if log_path is not None:
+        check_output_path(log_path, inputs, append=True)
+        if job.out is not None and log_path.resolve() == Path(job.out).resolve():
             raise BadInputError("--log and --out name the same file")
     if job.show:
         from streamcap.sinks import display_available
@@ -114,10 +135,16 @@ def validate(job: Job) -> dict[str, Any]:
 
 def run_job(job: Job, *, console: Console | None = None, on_result: Callable | None = None,
             on_frame: Callable | None = None, install_signals: bool = True, stage: Any = None,
-            captioner: Any = None) -> RunSummary:
+            captioner: Any = None, tap: RecordTap | None = None,
+            on_record: Callable[[dict], None] | None = None) -> RunSummary:
     """Validate, build, run, and always finalize; returns the summary (exit code inside).
 
     ``stage`` / ``captioner`` replace the models the job describes (embedding, tests).
+    ``tap`` (a ``streamcap.tap.RecordTap`` with its subscribers attached) or ``on_record``
+    receive every log record, with or without a log file; frame subscribers of the tap get
+    every annotated frame (see ``streamcap.tap`` for the rules). After the run, ``tap.events``
+    is the ``EventStore`` (with ``--events-dir``) and ``tap.index`` the search ``IndexWriter``
+    (with a log), both closed, for their figures.
     """
     console = console or Console(stderr=True)
     infos = validate(job)
@@ -129,17 +156,25 @@ def run_job(job: Job, *, console: Console | None = None, on_result: Callable | N
         first = resolved[0]
         fps = infos[first.uri].fps / first.stride if first.uri in infos else 25.0
         video = VideoFileSink(job.out, fps, codec=job.codec)
-    log_sink = JsonlSink(job.log).open() if job.log is not None else None
-    pipeline = Pipeline(resolved, stage, config=job.pipeline, captioner=captioner, schedule_factory=sched,
-                        smoother_factory=smoother, renderer=renderer, video=video, log_sink=log_sink,
-                        summarize=summarize, on_result=on_result, on_frame=on_frame, display=job.show,
-                        hud=job.hud or job.stats)
-    if log_sink is not None:
-        log_sink.write("run", command=job.command, argv=[redact_url(a) for a in job.argv],
-                       sources=[s.name for s in resolved], stage=stage.name,
-                       stage_info=stage.describe() if hasattr(stage, "describe") else stage.name,
-                       random_weights=bool(getattr(stage, "random_weights", False)),
-                       captioner=getattr(captioner, "name", None))
+    tap = tap if tap is not None else RecordTap()
+    if on_record is not None:
+        tap.subscribe(on_record)
+    try:
+        _attach_outputs(job, tap)
+        frame_cb = _frame_callback(tap, on_frame)
+        pipeline = Pipeline(resolved, stage, config=job.pipeline, captioner=captioner, schedule_factory=sched,
+                            smoother_factory=smoother, renderer=renderer, video=video,
+                            log_sink=tap if tap.active else None, summarize=summarize, on_result=on_result,
+                            on_frame=frame_cb, display=job.show, hud=job.hud or job.stats)
+    except BaseException:
+        _close_outputs(tap)
+        raise
+    if tap.active:
+        tap.write("run", command=job.command, argv=[redact_url(a) for a in job.argv],
+                  sources=[s.name for s in resolved], stage=stage.name,
+                  stage_info=stage.describe() if hasattr(stage, "describe") else stage.name,
+                  random_weights=bool(getattr(stage, "random_weights", False)),
+                  captioner=getattr(captioner, "name", None), schema_version=JSONL_SCHEMA_FULL)
     old_handlers = {}
     if install_signals and threading.current_thread() is threading.main_thread():
         def handler(signum, _frame):
@@ -172,9 +207,49 @@ def run_job(job: Job, *, console: Console | None = None, on_result: Callable | N
             signal.signal(sig, old)
         if window is not None:
             window.close()
-        if log_sink is not None:
-            log_sink.close()
+        _close_outputs(tap)
     return summary
+
+
+def _attach_outputs(job: Job, tap: RecordTap) -> None:
+    """The JSONL log, the event store and the search index, attached to the tap."""
+    log_path = effective_log(job)
+    if log_path is not None and tap.jsonl is None:
+        tap.jsonl = JsonlSink(log_path).open()
+    if job.events_dir is not None and tap.events is None:
+        from streamcap.events import EventStore
+
+        tap.events = EventStore(job.events_dir, job.events_max_mb).open()
+        tap.add_enricher(tap.events.enrich)
+    if log_path is not None and job.index and tap.index is None:
+        from streamcap.search import IndexWriter, index_path_for
+
+        tap.index = IndexWriter(index_path_for(log_path), log_path=log_path, events_dir=job.events_dir).start()
+        tap.subscribe(tap.index)
+
+
+def _close_outputs(tap: RecordTap) -> None:
+    if tap.events is not None:
+        tap.events.close()
+    tap.close()
+    if tap.index is not None:
+        tap.unsubscribe(tap.index)
+        tap.index.close()
+
+
+def _frame_callback(tap: RecordTap, on_frame: Callable | None) -> Callable | None:
+    """The pipeline's ``on_frame``: the tap's frame fan-out, then the caller's own callback
+    (whose exceptions stop the run, as before: it is the caller's code)."""
+    if tap.events is None and not tap.has_frame_subscribers and on_frame is None:
+        return None
+
+    def frame_callback(result: Any, image: Any) -> None:
+        tap.on_frame(result, image)
+        if on_frame is not None:
+            on_frame(result, image)
+
+    frame_callback.wants_image = lambda result: on_frame is not None or tap.wants_image(result)  # type: ignore[attr-defined]
+    return frame_callback
 
 
 class _Display:
@@ -240,6 +315,11 @@ def run(
     captioner: Any = None,
     progress: bool = False,
     duration_s: float | None = None,
+    events_dir: str | Path | None = None,
+    events_max_mb: float = 500.0,
+    index: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+    tap: RecordTap | None = None,
     **source_options: Any,
 ) -> RunSummary:
     """Run streamcap from Python: one source (or several) through the models into sinks.
@@ -247,7 +327,11 @@ def run(
     ``segment``/``caption``: True for the defaults, False to leave the model out, or a dict of
     options (``SegmenterConfig`` fields; ``model``, ``beam``, ``every``, ``interval`` for
     captions). ``on_result(result)`` gets each ``FrameResult`` in order; ``on_frame(result,
-    image)`` also gets the annotated image. ``source_options`` go to ``SourceConfig``
+    image)`` also gets the annotated image. ``on_record(record)`` gets every log record (the
+    dict the JSONL line holds), with or without ``log``; ``tap`` is a ``streamcap.tap.RecordTap``
+    with subscribers attached (see its rules). ``events_dir``: event snapshots (and the log at
+    ``events_dir/events.jsonl`` when no ``log`` is given); ``index``: keep the log's search index
+    (``LOG.index.sqlite``) up to date. ``source_options`` go to ``SourceConfig``
     (``stride``, ``drop``, ``rtsp_transport``, ``max_retries``, ...). Raises StreamcapError on
     bad input; the returned summary carries the exit code of anything that failed later.
     """
@@ -265,6 +349,8 @@ def run(
             raise BadInputError(f"caption interval must be 0 or more seconds; got {interval!r}")
     job = Job(command="api", sources=configs, out=Path(out) if out else None, overwrite=overwrite,
               log=Path(log) if log else None, progress=progress, segment=seg, caption=cap,
-              pipeline=pipeline or PipelineConfig(), duration_s=duration_s)
+              pipeline=pipeline or PipelineConfig(), duration_s=duration_s,
+              events_dir=Path(events_dir) if events_dir else None, events_max_mb=events_max_mb, index=index)
     return run_job(job, on_result=on_result, on_frame=on_frame, stage=stage, captioner=captioner,
-                   install_signals=threading.current_thread() is threading.main_thread())
+                   install_signals=threading.current_thread() is threading.main_thread(), tap=tap,
+                   on_record=on_record)

@@ -21,7 +21,12 @@ from streamcap.errors import BadInputError, StageError
 
 log = logging.getLogger(__name__)
 
-JSONL_SCHEMA_VERSION = 2
+JSONL_SCHEMA_VERSION = 2  # the major version, in every record's ``schema``: what readers check
+# Fields added without changing any meaning raise the minor version, written in the ``run``
+# record as ``schema_version`` ("2.1": ``snapshot`` on caption/alert records, ``events`` on
+# stats/end records, ``schema_version`` on run records).
+JSONL_SCHEMA_MINOR = 1
+JSONL_SCHEMA_FULL = f"{JSONL_SCHEMA_VERSION}.{JSONL_SCHEMA_MINOR}"
 VIDEO_CODECS = ("auto", "h264", "mp4v")
 MP4_FRAGMENT_OPTIONS = {"movflags": "+frag_keyframe+empty_moov+default_base_moof", "frag_duration": "1000000"}
 # Containers --out may name. H.264 goes in the MP4 family (written fragmented, see _open_pyav) and
@@ -161,13 +166,12 @@ class JsonlSink:
         """Append one record with a single unbuffered write. When the write fails (disk full,
         file too large) the part that got out is cut off again, so the file still ends with a
         complete line; the first failure raises StageError and later records are dropped."""
-        import time
+        self.write_record(make_record(event, source=source, ts=ts, **fields))
 
-        record = {"schema": JSONL_SCHEMA_VERSION, "event": event,
-                  "time": iso_time(time.time() if ts is None else ts), "source": source}
-        record.update(_redacted(fields))
-        line = json.dumps(record, ensure_ascii=False, default=_json_default, separators=(",", ":")) + "\n"
-        data = line.encode("utf-8")
+    def write_record(self, record: dict[str, Any]) -> None:
+        """Append a record built by ``make_record`` (the record tap builds it once, adds to it,
+        writes it here and hands the same dict to its subscribers)."""
+        data = record_line(record).encode("utf-8")
         with self._lock:
             if self._fd is None or self._broken:
                 return
@@ -205,6 +209,22 @@ class JsonlSink:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def make_record(event: str, *, source: str | None = None, ts: float | None = None, **fields: Any) -> dict[str, Any]:
+    """The dict one JSONL line holds: ``schema``, ``event``, ``time``, ``source``, then the
+    fields with credentials removed from every URL."""
+    import time
+
+    record = {"schema": JSONL_SCHEMA_VERSION, "event": event,
+              "time": iso_time(time.time() if ts is None else ts), "source": source}
+    record.update(_redacted(fields))
+    return record
+
+
+def record_line(record: dict[str, Any]) -> str:
+    """One JSONL line (with its newline) for a record."""
+    return json.dumps(record, ensure_ascii=False, default=_json_default, separators=(",", ":")) + "\n"
 
 
 def _redacted(value: Any) -> Any:

@@ -51,3 +51,6 @@ NoTrack = Annotated[bool, typer.Option("--no-track", help="No tracking ids (no #
 MaxFps = Annotated[Optional[float], typer.Option("--max-fps", callback=_positive, help="With keyframes on a live source: draw and write at most this many frames a second.")]
 Duration = Annotated[Optional[float], typer.Option("--duration", callback=_positive, help="Stop after this many seconds.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log source events and warnings to stderr.")]
+EventsDir = Annotated[Optional[Path], typer.Option("--events-dir", help="Save a JPEG of the annotated frame at every caption change and alert here (the log's `snapshot` field names it); without --log the log goes to EVENTS_DIR/events.jsonl.")]
+EventsMaxMb = Annotated[float, typer.Option("--events-max-mb", callback=_positive, help="Bound on the snapshots' total size in MB; the oldest are removed first.")]
+NoIndex = Annotated[bool, typer.Option("--no-index", help="Do not keep the search index (LOG.index.sqlite) up to date while running.")]

@@ -60,10 +60,12 @@ def _live_queue(queue_size, seg_every: str, no_segment: bool) -> int:
     return 1 if _seg_every(seg_every, no_segment) == 1 else 8
 
 
-def _run(job) -> None:
+def _run(job, tap=None) -> None:
     from streamcap.runner import run_job
+    from streamcap.tap import RecordTap
 
-    summary = run_job(job, console=err_console)
+    tap = tap if tap is not None else RecordTap()
+    summary = run_job(job, console=err_console, tap=tap)
     fps = summary.written / summary.elapsed_s if summary.elapsed_s else 0.0
     parts = [f"{summary.written} frames written in {summary.elapsed_s:.1f}s ({fps:.1f} fps)",
              f"{summary.dropped} dropped"]
@@ -74,10 +76,40 @@ def _run(job) -> None:
     if summary.output:
         parts.append(f"video: {summary.output}{' (PARTIAL)' if summary.output_partial else ''} ({summary.encoder})")
     err_console.print("streamcap: " + ", ".join(parts) + f"; ended: {summary.reason}", highlight=False, markup=False)
+    _report_history(tap)
     if summary.error:
         err_console.print(f"streamcap: error: {summary.error}", style="red", highlight=False, markup=False)
     if summary.exit_code:
         raise typer.Exit(summary.exit_code)
+
+
+def _report_history(tap) -> None:
+    """One line each for the event snapshots and the search index, when the run kept them."""
+    if tap.events is not None:
+        u = tap.events.usage()
+        line = (f"streamcap: events: {u['written']} snapshots written, {u['files']} in {u['dir']} "
+                f"({u['bytes'] / 1e6:.1f} of {u['max_bytes'] / 1e6:.0f} MB)")
+        if u["removed"]:
+            line += f", {u['removed']} oldest removed ({u['removed_bytes'] / 1e6:.1f} MB)"
+        if u["errors"]:
+            line += f", {u['errors']} could not be written"
+        err_console.print(line, highlight=False, markup=False)
+    if tap.index is not None:
+        u = tap.index.usage()
+        line = f"streamcap: search index: {u['index']} (+{u['rows']} entries)"
+        if u["dropped"] or u["error"]:
+            line += (f"; incomplete ({u['dropped']} records dropped{', ' + u['error'] if u['error'] else ''}):"
+                     f" rebuild with streamcap index")
+        err_console.print(line, highlight=False, markup=False)
+    if tap.subscriber_errors:
+        err_console.print(f"streamcap: {tap.subscriber_errors} record subscriber errors (see the warnings above)",
+                          highlight=False, markup=False)
+
+
+def _events_options(opts: dict) -> dict:
+    """The Job fields for --events-dir, --events-max-mb and --no-index."""
+    return dict(events_dir=opts.get("events_dir"), events_max_mb=opts.get("events_max_mb") or 500.0,
+                index=not opts.get("no_index", False))
 
 
 def _source(uri: str, **kw) -> SourceConfig:
@@ -97,6 +129,7 @@ def file(
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
     caption_interval: CapInterval = None, beam: Beam = 3, seg_every: SegEvery = "1", no_track: NoTrack = False,
     verbose: Verbose = False,
+    events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
 ) -> None:
     """Process a video file (or images) frame by frame; nothing is dropped.
 
@@ -120,7 +153,7 @@ def file(
     src = _source(input, kind=kind, drop=drop, stride=stride, queue_size=queue_size)
     _run(Job(command="file", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
              stats=stats, hud=hud, argv=sys.argv[1:],
-             **_model_options(locals())))
+             **_events_options(locals()), **_model_options(locals())))
 
 
 def live(
@@ -140,6 +173,7 @@ def live(
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
     caption_interval: CapInterval = None, beam: Beam = 3, seg_every: SegEvery = "auto", no_track: NoTrack = False,
     max_fps: MaxFps = None, duration: Duration = None, verbose: Verbose = False,
+    events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
 ) -> None:
     """Watch a live source with bounded latency: the newest frame wins, stale ones are dropped.
 
@@ -165,7 +199,7 @@ def live(
                   first_frame_timeout_s=first_frame_timeout, watchdog_s=watchdog, backoff_max_s=backoff_max)
     _run(Job(command="live", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
              stats=stats, hud=hud, argv=sys.argv[1:], duration_s=duration,
-             **_model_options(locals())))
+             **_events_options(locals()), **_model_options(locals())))
 
 
 def monitor(
@@ -184,6 +218,7 @@ def monitor(
     no_caption: NoCaption = False, caption_model: CapModel = None, caption_every: CapEvery = None,
     caption_interval: CapInterval = None, beam: Beam = 3, seg_every: SegEvery = "1", no_track: NoTrack = False,
     max_fps: MaxFps = None, duration: Duration = None, verbose: Verbose = False,
+    events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
 ) -> None:
     """Headless monitoring of several cameras in one process, logging to JSONL.
 
@@ -208,7 +243,7 @@ def monitor(
                for u in urls]
     _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=sys.argv[1:], progress=False,
              duration_s=duration,
-             **_model_options(locals())))
+             **_events_options(locals()), **_model_options(locals())))
 
 
 
