@@ -204,7 +204,7 @@ def test_state_redacts_camera_credentials(served):
 def test_timeline_from_the_log(served, tmp_path: Path):
     srv, _, _ = served
     entries = json.loads(srv.get("/api/timeline?camera=cam1")[1])["entries"]
-    assert [(e["kind"], e["text"]) for e in entries] == [("alert", "dog seen"), ("caption", "a dog on a sofa")]
+    assert [(e["kind"], e["text"]) for e in entries] == [("alert", "dog: dog seen"), ("caption", "a dog on a sofa")]
     assert all(e["snapshot"] == "/events/cam1/0001.jpg" for e in entries)
     assert srv.get(entries[0]["snapshot"])[0].status == 200
     # the log grows: the next read picks up the line that was cut off, once complete
@@ -246,16 +246,6 @@ def test_frames_kept_and_encoded_only_while_watched():
         again = hub.next_jpeg(cam, 0, timeout=1)  # a second viewer: the same JPEG, not encoded again
         assert again == (seq, jpeg) and hub.encoded == 1
     assert cam.image is None and not hub.wants_image(result)
-
-
-def test_watch_hook_subscribes_only_while_watched():
-    calls = []
-    hub = LiveHub(["cam1", "cam2"], on_watch=calls.append)
-    with hub.watching(hub.cameras[0]):
-        with hub.watching(hub.cameras[1]):
-            pass
-        assert calls == [True]
-    assert calls == [True, False]
 
 
 def test_mjpeg_stream_changes_and_a_stalled_viewer_never_blocks_the_camera(served):
@@ -300,3 +290,23 @@ def test_mjpeg_stream_changes_and_a_stalled_viewer_never_blocks_the_camera(serve
     t.join(5)
     assert len(fed) >= before and not t.is_alive()
     conn.close()
+
+
+def test_token_kept_out_of_the_logged_command_line():
+    from streamcap.web.auth import redact_argv
+
+    argv = ["monitor", "rtsp://cam", "--serve", "0.0.0.0:80", "--auth-token", TOKEN, f"--auth-token={TOKEN}"]
+    assert TOKEN not in " ".join(redact_argv(argv))
+    assert redact_argv(argv)[:5] == argv[:5]
+
+
+def test_monitor_refuses_public_serve_without_token_before_any_camera():
+    from typer.testing import CliRunner
+
+    from streamcap.cli.app import app
+
+    res = CliRunner().invoke(app, ["monitor", "rtsp://127.0.0.1:9/none", "--serve", "0.0.0.0:0", "--no-segment",
+                                   "--no-caption"])
+    assert res.exit_code == 2 and "needs --auth-token" in res.output
+    res = CliRunner().invoke(app, ["monitor", "rtsp://127.0.0.1:9/none", "--auth-token", TOKEN, "--no-segment"])
+    assert res.exit_code == 2 and "go with --serve" in res.output

@@ -54,3 +54,6 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log source event
 EventsDir = Annotated[Optional[Path], typer.Option("--events-dir", help="Save a JPEG of the annotated frame at every caption change and alert here (the log's `snapshot` field names it); without --log the log goes to EVENTS_DIR/events.jsonl.")]
 EventsMaxMb = Annotated[float, typer.Option("--events-max-mb", callback=_positive, help="Bound on the snapshots' total size in MB; the oldest are removed first.")]
 NoIndex = Annotated[bool, typer.Option("--no-index", help="Do not keep the search index (LOG.index.sqlite) up to date while running.")]
+Serve = Annotated[Optional[str], typer.Option("--serve", help="Serve the web dashboard on [HOST:]PORT (host 127.0.0.1 when left out; any other host needs --auth-token).")]
+AuthToken = Annotated[Optional[str], typer.Option("--auth-token", help="With --serve or a web command: every request must carry this token (header 'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN). Needed for a non-loopback address.")]
+AuthTokenFile = Annotated[Optional[Path], typer.Option("--auth-token-file", help="Read the token from this file (keeps it out of the process list).")]

@@ -219,6 +219,7 @@ def monitor(
     caption_interval: CapInterval = None, beam: Beam = 3, seg_every: SegEvery = "1", no_track: NoTrack = False,
     max_fps: MaxFps = None, duration: Duration = None, verbose: Verbose = False,
     events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
+    serve: Serve = None, auth_token: AuthToken = None, auth_token_file: AuthTokenFile = None,
 ) -> None:
     """Headless monitoring of several cameras in one process, logging to JSONL.
 
@@ -228,6 +229,8 @@ def monitor(
     [bold]Example[/]
 
       streamcap monitor rtsp://camera1/stream rtsp://camera2/stream --log captions.jsonl
+
+      streamcap monitor rtsp://camera1/stream --events-dir events/ --serve 8080   (web dashboard)
     """
     from streamcap.runner import Job
 
@@ -241,9 +244,19 @@ def monitor(
                        first_frame_timeout_s=first_frame_timeout, watchdog_s=watchdog,
                        backoff_max_s=backoff_max)
                for u in urls]
-    _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=sys.argv[1:], progress=False,
-             duration_s=duration,
-             **_events_options(locals()), **_model_options(locals())))
+    from streamcap.tap import RecordTap
+    from streamcap.web.auth import redact_argv
+    from streamcap.web.wiring import start_dashboard
+
+    tap = RecordTap()
+    dashboard = start_dashboard(tap, serve, auth_token, auth_token_file, sources, log, events_dir, not no_index)
+    try:
+        _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=redact_argv(sys.argv[1:]), progress=False,
+                 duration_s=duration,
+                 **_events_options(locals()), **_model_options(locals())), tap)
+    finally:
+        if dashboard is not None:
+            dashboard.close()
 
 
 

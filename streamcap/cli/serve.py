@@ -11,12 +11,10 @@ from typing import Annotated, Optional
 import typer
 
 from streamcap.cli.common import err_console, setup_logging
-from streamcap.cli.options import (Beam, CapModel, Device, LogFile, NoCaption, NoSegment, Score, SegModel,  # noqa: F401
-                                   SegSize, SegWeights, Verbose)
+from streamcap.cli.options import (AuthToken, AuthTokenFile, Beam, CapModel, Device, LogFile, NoCaption, NoSegment,
+                                   Score, SegModel, SegSize, SegWeights, Verbose)
 
 Bind = Annotated[str, typer.Option("--bind", help="[HOST:]PORT to serve on (host 127.0.0.1 when left out; any other host needs a token).")]
-AuthToken = Annotated[Optional[str], typer.Option("--auth-token", help="Every request must carry this token (header 'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN). Needed to serve on a non-loopback address.")]
-AuthTokenFile = Annotated[Optional[Path], typer.Option("--auth-token-file", help="Read the token from this file (keeps it out of the process list).")]
 
 
 def start_server(app, bind: str, token: str | None, token_file: Path | None):
@@ -73,8 +71,10 @@ def serve(
         raise BadInputError(f"--log {log} does not exist")
     from streamcap.web.wiring import open_search
 
-    app = WebApp(history=History(log=log, events_dir=events_dir), events_dir=events_dir,
-                 search=open_search(log, events_dir))
+    if log is None and (events_dir / "events.jsonl").is_file():  # monitor --events-dir without --log
+        log = events_dir / "events.jsonl"
+    history = History(log=log, events_dir=events_dir)
+    app = WebApp(history=history, events_dir=events_dir, search=open_search(log, events_dir, history))
     serve_until_stopped(start_server(app, bind, auth_token, auth_token_file))
 
 

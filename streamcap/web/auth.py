@@ -76,3 +76,24 @@ def token_ok(expected: str | None, authorization: str | None, cookie_header: str
 def redact_token(text: str) -> str:
     """A request line or URL with any ``token=`` value replaced, for logs."""
     return _TOKEN_RE.sub(r"\1***", text)
+
+
+SECRET_OPTIONS = ("--auth-token",)
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line with the values of secret options (``--auth-token X``,
+    ``--auth-token=X``) replaced by ``***``, for the log's ``run`` record."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("***")
+            hide = False
+        elif arg in SECRET_OPTIONS:
+            out.append(arg)
+            hide = True
+        elif arg.split("=", 1)[0] in SECRET_OPTIONS and "=" in arg:
+            out.append(arg.split("=", 1)[0] + "=***")
+        else:
+            out.append(arg)
+    return out

@@ -39,8 +39,7 @@ class History:
         if event == "caption" and record.get("changed") and record.get("shown"):
             entry = {"kind": "caption", "text": record["shown"]}
         elif event == "alert":
-            text = record.get("message") or record.get("caption") or record.get("rule") or "alert"
-            entry = {"kind": "alert", "text": str(text), "rule": record.get("rule")}
+            entry = {"kind": "alert", "text": alert_text(record), "rule": record.get("rule")}
         elif event == "source_status":
             with self._lock:
                 self._entries.setdefault(redact_url(str(source)), deque(maxlen=self.per_camera))
@@ -100,3 +99,15 @@ class History:
                 items = [e for d in self._entries.values() for e in d]
         items.sort(key=lambda e: e.get("time") or "", reverse=True)
         return items[:max(1, limit)]
+
+
+def alert_text(record: dict) -> str:
+    """One line for an alert record: the rule, then what it saw (objects or caption)."""
+    parts = [str(record.get("rule") or "alert")]
+    objects = record.get("objects")
+    if isinstance(objects, list) and objects:
+        parts.append(", ".join(sorted({str(o.get("label")) for o in objects if isinstance(o, dict)})))
+    for key in ("caption", "message"):
+        if record.get(key):
+            parts.append(str(record[key]))
+    return ": ".join(parts)

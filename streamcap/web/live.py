@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -53,11 +53,7 @@ class LiveHub:
     """The pipeline's ``on_frame`` callback (``hub(result, image)``) and the record subscriber
     (``hub.on_record(record)``) for the dashboard."""
 
-    def __init__(self, cameras: list[str], *, jpeg_quality: int = 75,
-                 on_watch: Callable[[bool], None] | None = None) -> None:
-        """``on_watch(True)`` when the first viewer of any camera arrives, ``on_watch(False)``
-        when the last one leaves: the glue (``web.run``) subscribes the hub to frames only
-        in between, so nothing is drawn or kept for nobody."""
+    def __init__(self, cameras: list[str], *, jpeg_quality: int = 75) -> None:
         self.cameras = [CameraSlot(i, name) for i, name in enumerate(cameras)]
         self._by_name = {c.name: c for c in self.cameras}
         for raw, cam in zip(cameras, self.cameras):
@@ -65,9 +61,6 @@ class LiveHub:
         self.jpeg_quality = jpeg_quality
         self.encoded = 0  # JPEGs encoded (for tests and the benchmark)
         self.last_stats: dict | None = None
-        self.on_watch = on_watch
-        self._watch_lock = threading.Lock()
-        self._watching = 0
 
     def slot(self, name: str | None) -> CameraSlot | None:
         if name is None:
@@ -127,10 +120,6 @@ class LiveHub:
     # -- to the viewers -------------------------------------------------------------------------
     @contextmanager
     def watching(self, cam: CameraSlot) -> Iterator[None]:
-        with self._watch_lock:
-            self._watching += 1
-            if self._watching == 1 and self.on_watch is not None:
-                self.on_watch(True)
         with cam.cond:
             cam.viewers += 1
         try:
@@ -140,10 +129,6 @@ class LiveHub:
                 cam.viewers -= 1
                 if not cam.viewers:
                     cam.image, cam.jpeg = None, None  # nothing kept while nobody watches
-            with self._watch_lock:
-                self._watching -= 1
-                if self._watching == 0 and self.on_watch is not None:
-                    self.on_watch(False)
 
     def next_jpeg(self, cam: CameraSlot, after: int, timeout: float) -> tuple[int, bytes] | None:
         """The newest frame after sequence number ``after`` as JPEG, waiting up to ``timeout``

@@ -47,7 +47,7 @@ class WebApp:
     hub: LiveHub | None = None
     history: History | None = None
     search: Callable[..., list[dict]] | None = None  # (text, camera, since_s, limit, order) -> rows
-    metrics: Callable[[], str] | None = None
+    metrics: Callable[[], str | bytes] | None = None  # Prometheus text
     events_dir: Path | None = None
     token: str | None = None
     demo: Any = None  # streamcap.web.demo.Demo
@@ -150,7 +150,9 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/metrics":
                 if app.metrics is None:
                     return self.not_found()
-                self.send_text(app.metrics(), ctype="text/plain; version=0.0.4; charset=utf-8")
+                text = app.metrics()
+                self._send(200, text if isinstance(text, bytes) else text.encode(),
+                           "text/plain; version=0.0.4; charset=utf-8")
             elif path.startswith("/events/"):
                 self.send_file(app.events_dir, path[len("/events/"):])
             elif (m := re.fullmatch(r"/video/(\d+)\.mjpg", path)) and app.hub is not None:
@@ -212,6 +214,8 @@ class Handler(BaseHTTPRequestHandler):
         limit = _int(query.get("limit", ["50"])[0], 50, 500)
         try:
             rows = self.app.search(text, camera, since, limit, order)
+        except LookupError as err:
+            return self.send_json({"results": [], "error": str(err)})
         except Exception as err:  # a query the index cannot parse: say so, keep serving
             return self.send_json({"results": [], "error": f"search failed: {err}"})
         self.send_json({"results": rows})
