@@ -224,7 +224,7 @@ class WebhookDelivery(Delivery):
     name = "webhook"
 
     def __init__(self, url: str, *, timeout_s: float = 5.0, snapshot_path: Callable[[str], Path | None] | None = None,
-                 snapshot_base_url: str | None = None, **kw: Any) -> None:
+                 snapshot_base_url: str | None = None, snapshot_wait_s: float = 3.0, **kw: Any) -> None:
         super().__init__(**kw)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -243,6 +243,7 @@ class WebhookDelivery(Delivery):
         self.display = safe_url(url)
         self.timeout_s = timeout_s
         self.snapshot_path = snapshot_path
+        self.snapshot_wait_s = snapshot_wait_s
         self.snapshot_base_url = snapshot_base_url.rstrip("/") if snapshot_base_url else None
 
     def accept(self, record: dict) -> list[Any]:
@@ -258,7 +259,13 @@ class WebhookDelivery(Delivery):
             if self.snapshot_base_url:
                 body["snapshot_url"] = f"{self.snapshot_base_url}/{urllib.parse.quote(str(name))}"
             path = self.snapshot_path(name) if self.snapshot_path is not None else None
-            if path is not None:
+            # The event store writes an alert's snapshot from the next frame drawn: wait a moment
+            # for it (this is the delivery thread; the pipeline never waits here).
+            deadline = time.monotonic() + self.snapshot_wait_s
+            while path is not None and not Path(path).exists() and time.monotonic() < deadline:
+                if self._stop.wait(0.05):
+                    break
+            if path is not None and Path(path).exists():
                 try:
                     body["snapshot_jpeg"] = base64.b64encode(Path(path).read_bytes()).decode("ascii")
                 except OSError as err:

@@ -127,8 +127,8 @@ class AlertEngine:
         if rule.zone is not None and rule.zone.normalized and size is None:
             if rule.name not in self._warned:
                 self._warned.add(rule.name)
-                log.warning("alert rule %s: the frame size of %s is not known; its normalized zone "
-                            "cannot be checked yet", rule.name, camera)
+                log.debug("alert rule %s: the frame size of %s is not known yet; its normalized zone "
+                          "is checked from the first frame drawn", rule.name, camera)
             return None
         out = []
         for obj in objects:

@@ -9,6 +9,7 @@ import typer
 
 from streamcap.capture import SourceConfig
 from streamcap.cli.common import err_console, fail, setup_logging
+from streamcap.cli.notify import notify_tap, report_notify
 from streamcap.cli.options import *  # noqa: F403  (the option types)
 from streamcap.pipeline import PipelineConfig
 
@@ -77,6 +78,7 @@ def _run(job, tap=None) -> None:
         parts.append(f"video: {summary.output}{' (PARTIAL)' if summary.output_partial else ''} ({summary.encoder})")
     err_console.print("streamcap: " + ", ".join(parts) + f"; ended: {summary.reason}", highlight=False, markup=False)
     _report_history(tap)
+    report_notify(tap, err_console)
     if summary.error:
         err_console.print(f"streamcap: error: {summary.error}", style="red", highlight=False, markup=False)
     if summary.exit_code:
@@ -130,6 +132,10 @@ def file(
     caption_interval: CapInterval = None, beam: Beam = 3, seg_every: SegEvery = "1", no_track: NoTrack = False,
     verbose: Verbose = False,
     events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
+    alerts: AlertsFile = None, alert_object: AlertObject = None, alert_caption: AlertCaption = None,
+    alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
+    mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
+    mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
 ) -> None:
     """Process a video file (or images) frame by frame; nothing is dropped.
 
@@ -151,9 +157,10 @@ def file(
     # `file` always reads from disk: a number or URL here is a file name, never a camera.
     kind = "images" if source_kind(input) == "images" else "file"
     src = _source(input, kind=kind, drop=drop, stride=stride, queue_size=queue_size)
+    tap = notify_tap(locals(), [src])
     _run(Job(command="file", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
              stats=stats, hud=hud, argv=sys.argv[1:],
-             **_events_options(locals()), **_model_options(locals())))
+             **_events_options(locals()), **_model_options(locals())), tap=tap)
 
 
 def live(
@@ -174,6 +181,10 @@ def live(
     caption_interval: CapInterval = None, beam: Beam = 3, seg_every: SegEvery = "auto", no_track: NoTrack = False,
     max_fps: MaxFps = None, duration: Duration = None, verbose: Verbose = False,
     events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
+    alerts: AlertsFile = None, alert_object: AlertObject = None, alert_caption: AlertCaption = None,
+    alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
+    mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
+    mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
 ) -> None:
     """Watch a live source with bounded latency: the newest frame wins, stale ones are dropped.
 
@@ -197,9 +208,10 @@ def live(
                   stride=stride, queue_size=_live_queue(queue_size, seg_every, no_segment), rtsp_transport=rtsp_transport,
                   max_retries=max_retries, open_timeout_s=open_timeout, read_timeout_s=read_timeout,
                   first_frame_timeout_s=first_frame_timeout, watchdog_s=watchdog, backoff_max_s=backoff_max)
+    tap = notify_tap(locals(), [src])
     _run(Job(command="live", sources=[src], out=out, overwrite=overwrite, codec=codec, log=log, show=show,
              stats=stats, hud=hud, argv=sys.argv[1:], duration_s=duration,
-             **_events_options(locals()), **_model_options(locals())))
+             **_events_options(locals()), **_model_options(locals())), tap=tap)
 
 
 def monitor(
@@ -219,6 +231,10 @@ def monitor(
     caption_interval: CapInterval = None, beam: Beam = 3, seg_every: SegEvery = "1", no_track: NoTrack = False,
     max_fps: MaxFps = None, duration: Duration = None, verbose: Verbose = False,
     events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
+    alerts: AlertsFile = None, alert_object: AlertObject = None, alert_caption: AlertCaption = None,
+    alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
+    mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
+    mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
     serve: Serve = None, auth_token: AuthToken = None, auth_token_file: AuthTokenFile = None,
 ) -> None:
     """Headless monitoring of several cameras in one process, logging to JSONL.
@@ -248,12 +264,12 @@ def monitor(
     from streamcap.web.auth import redact_argv
     from streamcap.web.wiring import start_dashboard
 
-    tap = RecordTap()
+    tap = notify_tap(locals(), sources, RecordTap())
     dashboard = start_dashboard(tap, serve, auth_token, auth_token_file, sources, log, events_dir, not no_index)
     try:
         _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=redact_argv(sys.argv[1:]), progress=False,
                  duration_s=duration,
-                 **_events_options(locals()), **_model_options(locals())), tap)
+                 **_events_options(locals()), **_model_options(locals())), tap=tap)
     finally:
         if dashboard is not None:
             dashboard.close()

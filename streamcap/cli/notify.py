@@ -1,0 +1,98 @@
+"""The alert, MQTT, webhook and metrics options of the video commands, turned into a
+``Notifier`` attached to the run's record tap (``streamcap.alerts.service``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from streamcap.errors import BadInputError
+
+
+def notify_tap(opts: dict[str, Any], sources: list[Any], tap: Any = None) -> Any:
+    """A record tap with the notifier the options ask for attached (``tap.notifier``); ``tap``
+    as given (None included) when they ask for none. ``sources``: the run's SourceConfigs (their
+    cameras are announced to MQTT at once). Bad values raise BadInputError."""
+    from streamcap.alerts import load_rules, rules_from_flags
+
+    rules = []
+    if opts.get("alerts") is not None:
+        rules += load_rules(opts["alerts"])
+    rules += rules_from_flags(opts.get("alert_object"), opts.get("alert_caption"),
+                              cooldown_s=opts.get("alert_cooldown", 30.0),
+                              min_duration_s=opts.get("alert_min_duration", 0.0))
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise BadInputError(f"two alert rules are named {dup!r} (a rules file and a flag?)")
+    webhook = opts.get("webhook")
+    if webhook is not None:
+        from streamcap.alerts.delivery import safe_url
+
+        if not webhook.lower().startswith(("http://", "https://")):
+            raise BadInputError(f"--webhook must be an http:// or https:// URL, got {safe_url(webhook)}")
+    mqtt = _mqtt_options(opts) if opts.get("mqtt") else None
+    if opts.get("mqtt_user") or opts.get("mqtt_password_file"):
+        if mqtt is None:
+            raise BadInputError("--mqtt-user and --mqtt-password-file need --mqtt HOST[:PORT]")
+    metrics = None
+    if opts.get("metrics_port") is not None:
+        from streamcap.metrics import Metrics
+
+        metrics = Metrics()
+    if not (rules or webhook or mqtt or metrics):
+        return tap
+    if webhook and not rules:
+        raise BadInputError("--webhook sends alerts: give rules with --alerts, --alert-object or --alert-caption")
+    from streamcap.alerts.service import Notifier
+    from streamcap.tap import RecordTap
+
+    tap = tap if tap is not None else RecordTap()
+    notifier = Notifier(rules, webhook=webhook, mqtt=mqtt, metrics=metrics, metrics_port=opts.get("metrics_port"),
+                        cameras=[s.resolved().name for s in sources])
+    try:
+        notifier.attach(tap)
+    except OSError as err:  # the metrics port is taken
+        notifier.close()
+        raise BadInputError(f"cannot serve metrics on 127.0.0.1:{opts['metrics_port']}: "
+                            f"{err.strerror or err}") from None
+    tap.notifier = notifier
+    return tap
+
+
+def _mqtt_options(opts: dict[str, Any]) -> dict[str, Any]:
+    from streamcap.alerts.mqtt import parse_host
+
+    try:
+        host, port = parse_host(opts["mqtt"])
+    except ValueError as err:
+        raise BadInputError(str(err)) from None
+    password = None
+    if opts.get("mqtt_password_file") is not None:
+        password = _read_secret(Path(opts["mqtt_password_file"]))
+    prefix = (opts.get("mqtt_topic") or "streamcap").strip("/")
+    if not prefix or any(c in prefix for c in "+#"):
+        raise BadInputError(f"--mqtt-topic must be a topic without + or #, got {opts.get('mqtt_topic')!r}")
+    return dict(host=host, port=port, username=opts.get("mqtt_user"), password=password, prefix=prefix)
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInputError(f"--mqtt-password-file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInputError(f"cannot read --mqtt-password-file {path}: "
+                            f"{getattr(err, 'strerror', None) or type(err).__name__}") from None
+    lines = text.splitlines()
+    if not lines or not lines[0]:
+        raise BadInputError(f"--mqtt-password-file {path} is empty")
+    return lines[0]
+
+
+def report_notify(tap: Any, console: Any) -> None:
+    """The end-of-run line of the notifier, when there was one."""
+    notifier = getattr(tap, "notifier", None)
+    line = notifier.summary() if notifier is not None else None
+    if line:
+        console.print(line, highlight=False, markup=False)
