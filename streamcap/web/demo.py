@@ -195,7 +195,8 @@ body{font-family:system-ui,Arial,sans-serif;margin:1em auto;max-width:1100px;pad
 #drop{border:2px dashed #888;padding:2em;text-align:center;background:#fff}
 #drop.over{background:#eef}
 .row{display:flex;gap:1em;flex-wrap:wrap;margin-top:1em}
-.row img,.row video{max-width:100%;border:1px solid #ccc}
+.row>div{flex:1 1 45%;min-width:300px}
+.row img,#video video{max-width:100%;border:1px solid #ccc}
 #caption{font-size:1.4em;margin:.6em 0}
 #error{color:#b00}
 .muted{color:#666}
