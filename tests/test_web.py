@@ -310,3 +310,31 @@ def test_monitor_refuses_public_serve_without_token_before_any_camera():
     assert res.exit_code == 2 and "needs --auth-token" in res.output
     res = CliRunner().invoke(app, ["monitor", "rtsp://127.0.0.1:9/none", "--auth-token", TOKEN, "--no-segment"])
     assert res.exit_code == 2 and "go with --serve" in res.output
+
+
+def test_frames_drawn_only_when_a_viewer_will_get_them():
+    """The writer asks the tap whether to draw a frame: not while nobody watches, and not more
+    often than the hub's max_fps while someone does."""
+    from streamcap.web.wiring import watched_tap
+
+    hub = LiveHub(["cam1", "cam2"], max_fps=0.001)  # one frame per ~1000 s: only the first is due
+    tap = watched_tap()
+    tap.subscribe_frames(hub)
+    first, second, other = frame_result("cam1", 0, 10), frame_result("cam1", 1, 20), frame_result("cam2", 0, 30)
+    assert not tap.wants_image(first)
+    with hub.watching(hub.cameras[0]):
+        assert tap.wants_image(first) and not tap.wants_image(other)
+        tap.on_frame(first, first.frame.image)
+        assert not tap.wants_image(second)  # not due yet
+        tap.on_frame(second, second.frame.image)  # drawn for something else: not kept
+        assert hub.next_jpeg(hub.cameras[0], 0, timeout=1)[0] == 1
+
+
+def test_wide_frames_scaled_down_for_viewers():
+    hub = LiveHub(["cam1"], max_width=32)
+    cam = hub.cameras[0]
+    with hub.watching(cam):
+        r = frame_result("cam1", 0, 100)
+        hub(r, r.frame.image)  # 64x48
+        _, jpeg = hub.next_jpeg(cam, 0, timeout=1)
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (24, 32, 3)

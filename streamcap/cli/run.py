@@ -262,9 +262,9 @@ def monitor(
                for u in urls]
     from streamcap.tap import RecordTap
     from streamcap.web.auth import redact_argv
-    from streamcap.web.wiring import start_dashboard
+    from streamcap.web.wiring import start_dashboard, watched_tap
 
-    tap = notify_tap(locals(), sources, RecordTap())
+    tap = notify_tap(locals(), sources, watched_tap() if serve else RecordTap())
     dashboard = start_dashboard(tap, serve, auth_token, auth_token_file, sources, log, events_dir, not no_index)
     try:
         _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=redact_argv(sys.argv[1:]), progress=False,

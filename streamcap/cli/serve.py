@@ -113,5 +113,8 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
+    from streamcap.web.bench import register as register_bench
+
     app.command()(serve)
     app.command()(demo)
+    register_bench(app)

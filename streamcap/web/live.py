@@ -36,6 +36,7 @@ class CameraSlot:
         self.viewers = 0
         self.image: np.ndarray | None = None
         self.seq = 0  # frames put in the slot
+        self.put_at = -1e9  # monotonic time of the last one
         self.jpeg: bytes | None = None
         self.jpeg_seq = -1
         self.caption: str | None = None
@@ -53,12 +54,18 @@ class LiveHub:
     """The pipeline's ``on_frame`` callback (``hub(result, image)``) and the record subscriber
     (``hub.on_record(record)``) for the dashboard."""
 
-    def __init__(self, cameras: list[str], *, jpeg_quality: int = 75) -> None:
+    def __init__(self, cameras: list[str], *, jpeg_quality: int = 75, max_fps: float = 5.0,
+                 max_width: int = 960) -> None:
+        """``max_fps``: at most this many frames a second per camera are drawn and kept for the
+        viewers (0: every frame); the others are never drawn. ``max_width``: wider frames are
+        scaled down before encoding (a tile is narrower than that; 0: never)."""
         self.cameras = [CameraSlot(i, name) for i, name in enumerate(cameras)]
         self._by_name = {c.name: c for c in self.cameras}
         for raw, cam in zip(cameras, self.cameras):
             self._by_name.setdefault(raw, cam)
         self.jpeg_quality = jpeg_quality
+        self.period = 1.0 / max_fps if max_fps > 0 else 0.0
+        self.max_width = max_width
         self.encoded = 0  # JPEGs encoded (for tests and the benchmark)
         self.last_stats: dict | None = None
 
@@ -72,13 +79,17 @@ class LiveHub:
         """True while anyone watches (this frame's camera): the writer draws frames only then."""
         if result is not None:
             cam = self.slot(result.frame.source)
-            return cam is not None and cam.viewers > 0
+            return cam is not None and cam.viewers > 0 and self._due(cam)
         return any(c.viewers for c in self.cameras)
+
+    def _due(self, cam: CameraSlot) -> bool:
+        return time.monotonic() - cam.put_at >= self.period * 0.9  # a little early rather than a frame late
 
     def __call__(self, result: Any, image: np.ndarray) -> None:
         cam = self.slot(result.frame.source)
-        if cam is not None and cam.viewers:
+        if cam is not None and cam.viewers and self._due(cam):
             with cam.cond:
+                cam.put_at = time.monotonic()
                 cam.image = image
                 cam.seq += 1
                 cam.cond.notify_all()
@@ -139,6 +150,10 @@ class LiveHub:
             seq, image = cam.seq, cam.image
         with cam.encode_lock:
             if cam.jpeg_seq != seq:
+                h, w = image.shape[:2]
+                if self.max_width and w > self.max_width:
+                    image = cv2.resize(image, (self.max_width, round(h * self.max_width / w)),
+                                       interpolation=cv2.INTER_LINEAR)
                 ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
                 if not ok:
                     return None

@@ -51,7 +51,7 @@ class WebApp:
     events_dir: Path | None = None
     token: str | None = None
     demo: Any = None  # streamcap.web.demo.Demo
-    max_view_fps: float = 10.0
+    max_view_fps: float = 5.0  # each viewer's pace; the hub's max_fps bounds the drawing
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def on_record(self, record: dict) -> None:
