@@ -338,3 +338,40 @@ def test_wide_frames_scaled_down_for_viewers():
         hub(r, r.frame.image)  # 64x48
         _, jpeg = hub.next_jpeg(cam, 0, timeout=1)
     assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (24, 32, 3)
+
+
+def test_serve_command_history_and_search(tmp_path: Path, events: Path):
+    """``streamcap serve`` on a finished run's log and events: timeline, snapshots, search."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from conftest import REPO, free_port
+
+    log = make_log(tmp_path, events)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamcap", "serve", "--events-dir", str(events), "--log", str(log),
+                             "--bind", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                state = json.loads(urllib.request.urlopen(base + "/api/state", timeout=5).read())
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.3)
+        assert state == {"cameras": [{"index": None, "name": "cam1", "status": "history", "live": False,
+                                      "caption": None, "outage_s": None}], "live": False}
+        found = json.loads(urllib.request.urlopen(base + "/api/search?q=sofa", timeout=10).read())["results"]
+        rows = [(r["camera"], r["text"], r["snapshot"]) for r in found]
+        assert ("cam1", "a dog on a sofa", "/events/cam1/0001.jpg") in rows  # the change, with its snapshot
+        assert {r[1] for r in rows} == {"a dog on a sofa"}
+        assert urllib.request.urlopen(base + "/api/timeline?camera=cam1", timeout=10).status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
