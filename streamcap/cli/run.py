@@ -235,7 +235,7 @@ def monitor(
     alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
     mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
     mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
-    serve: Serve = None, auth_token: AuthToken = None, auth_token_file: AuthTokenFile = None,
+    serve: Serve = None, auth_token: AuthToken = None, auth_token_file: AuthTokenFile = None, serve_fps: ServeFps = 5.0,
 ) -> None:
     """Headless monitoring of several cameras in one process, logging to JSONL.
 
@@ -265,7 +265,8 @@ def monitor(
     from streamcap.web.wiring import start_dashboard, watched_tap
 
     tap = notify_tap(locals(), sources, watched_tap() if serve else RecordTap())
-    dashboard = start_dashboard(tap, serve, auth_token, auth_token_file, sources, log, events_dir, not no_index)
+    dashboard = start_dashboard(tap, serve, auth_token, auth_token_file, sources, log, events_dir, not no_index,
+                                serve_fps)
     try:
         _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=redact_argv(sys.argv[1:]), progress=False,
                  duration_s=duration,

@@ -106,14 +106,14 @@ def _frames(log: Path) -> int:
 
 
 def measure(urls: list[str], *, serve: bool, viewers: int, warmup: float, duration: float, extra: list[str],
-            folder: Path) -> dict:
+            folder: Path, serve_extra: list[str] = ()) -> dict:
     """One monitor run; CPU seconds and frames over ``duration`` after ``warmup``."""
     log = folder / f"{'serve' if serve else 'alone'}.jsonl"
     log.unlink(missing_ok=True)
     port = _free_port()
     args = [sys.executable, "-m", "streamcap", "monitor", *urls, "--log", str(log), "--no-index", *extra]
     if serve:
-        args += ["--serve", f"127.0.0.1:{port}"]
+        args += ["--serve", f"127.0.0.1:{port}", *serve_extra]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     stop = threading.Event()
@@ -155,11 +155,12 @@ def bench_web(
     urls: Annotated[Optional[list[str]], typer.Argument(help="Camera URLs (or use --test-cameras).")] = None,
     test_cameras: Annotated[int, typer.Option("--test-cameras", min=0, help="Start this many local RTSP test cameras (rtsp-server-perl + ffmpeg).")] = 0,
     clip: Annotated[Path, typer.Option("--clip", help="What the test cameras show.")] = Path("samples/vtest_8s.mp4"),
-    viewers: Annotated[int, typer.Option("--viewers", min=1, help="Viewers watching every camera.")] = 2,
+    viewers: Annotated[int, typer.Option("--viewers", min=0, help="Viewers watching every camera (0: the dashboard runs, nobody watches).")] = 2,
     duration: Annotated[float, typer.Option("--duration", min=1.0, help="Measured seconds per run.")] = 60.0,
     warmup: Annotated[float, typer.Option("--warmup", min=0.0, help="Seconds before measuring (models load, cameras connect).")] = 25.0,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Pairs of runs (alone, with the dashboard).")] = 1,
     monitor_args: Annotated[str, typer.Option("--monitor-args", help="Options for both monitor runs.")] = "--no-segment --rtsp-transport udp",
+    serve_args: Annotated[str, typer.Option("--serve-args", help="Options for the dashboard run only, e.g. '--serve-fps 2'.")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """The dashboard's cost: monitor alone vs monitor --serve with viewers on every camera.
@@ -184,7 +185,7 @@ def bench_web(
             for _ in range(repeat):
                 for serve in (False, True):
                     runs.append(measure(urls, serve=serve, viewers=viewers, warmup=warmup, duration=duration,
-                                        extra=extra, folder=Path(tmp)))
+                                        extra=extra, folder=Path(tmp), serve_extra=shlex.split(serve_args)))
                     if not as_json:
                         typer.echo(json.dumps(runs[-1]))
     finally:
@@ -195,7 +196,7 @@ def bench_web(
     cpu_a, cpu_s = sum(r["cpu_s"] for r in alone), sum(r["cpu_s"] for r in served)
     fr_a, fr_s = sum(r["frames"] for r in alone), sum(r["frames"] for r in served)
     summary = {"cameras": len(urls), "viewers_per_camera": viewers, "duration_s": duration, "repeat": repeat,
-               "monitor_args": monitor_args, "cpu_s_alone": round(cpu_a, 2), "cpu_s_dashboard": round(cpu_s, 2),
+               "monitor_args": monitor_args, "serve_args": serve_args, "cpu_s_alone": round(cpu_a, 2), "cpu_s_dashboard": round(cpu_s, 2),
                "cpu_ratio": round(cpu_s / cpu_a, 3) if cpu_a else None,
                "frames_alone": fr_a, "frames_dashboard": fr_s,
                "cpu_per_frame_ratio": round((cpu_s / fr_s) / (cpu_a / fr_a), 3) if fr_a and fr_s and cpu_a else None,

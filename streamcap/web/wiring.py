@@ -68,12 +68,12 @@ class Dashboard:
     """The web server of a ``monitor`` run, fed by the run's record tap."""
 
     def __init__(self, tap: Any, sources: list, bind: str, token: str | None, token_file: Path | None,
-                 log: Path | None, events_dir: Path | None, index: bool = True) -> None:
+                 log: Path | None, events_dir: Path | None, index: bool = True, fps: float = 5.0) -> None:
         from streamcap.cli.serve import start_server
         from streamcap.metrics import Metrics
 
         names = [s.resolved().name for s in sources]
-        self.hub = LiveHub(names)
+        self.hub = LiveHub(names, max_fps=fps)
         history = History(events_dir=events_dir)
         self.metrics = Metrics()
         search = None
@@ -84,7 +84,7 @@ class Dashboard:
 
             search = LazySearch(index_path_for(log), history)
         self.app = WebApp(hub=self.hub, history=history, search=search, metrics=self.metrics.text,
-                          events_dir=Path(events_dir) if events_dir is not None else None)
+                          events_dir=Path(events_dir) if events_dir is not None else None, max_view_fps=fps)
         tap.subscribe(self.app.on_record)
         tap.subscribe(self.metrics.on_record)
         tap.subscribe_frames(self.hub)
@@ -95,7 +95,8 @@ class Dashboard:
 
 
 def start_dashboard(tap: Any, serve: str | None, token: str | None, token_file: Path | None, sources: list,
-                    log: Path | None, events_dir: Path | None, index: bool = True) -> Dashboard | None:
+                    log: Path | None, events_dir: Path | None, index: bool = True,
+                    fps: float = 5.0) -> Dashboard | None:
     """With ``--serve``: the dashboard on the run's tap (started before the cameras, so a bad
     address or a missing token stops the command before anything runs); else None."""
     if serve is None:
@@ -104,4 +105,4 @@ def start_dashboard(tap: Any, serve: str | None, token: str | None, token_file: 
 
             raise BadInputError("--auth-token and --auth-token-file go with --serve")
         return None
-    return Dashboard(tap, sources, serve, token, token_file, log, events_dir, index)
+    return Dashboard(tap, sources, serve, token, token_file, log, events_dir, index, fps)
