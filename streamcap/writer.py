@@ -58,7 +58,8 @@ class Writer:
         if host._abandoned.is_set():  # shutdown gave up on this thread: no more output or callbacks
             return
         frame = result.frame
-        needs_image = host.video is not None or host.display or host.on_frame is not None
+        needs_image = host.video is not None or host.display or (
+            host.on_frame is not None and _wants_image(host.on_frame, result))
         image = frame.image
         if needs_image and host.renderer is not None:
             image = host.renderer.annotate(frame.image, result, host.last_stats if host.hud else None,
@@ -100,3 +101,11 @@ class Writer:
             for obj, tid in zip(out["objects"], ids):
                 obj["track_id"] = int(tid)
         return out
+
+
+def _wants_image(on_frame: Any, result: FrameResult) -> bool:
+    """Whether ``on_frame`` needs this frame drawn: asked through its ``wants_image(result)``
+    (on the callable or, for a bound method, on its object: the record tap, the web dashboard,
+    which want drawn frames only while someone watches); any other callback always does."""
+    wants = getattr(on_frame, "wants_image", None) or getattr(getattr(on_frame, "__self__", None), "wants_image", None)
+    return True if wants is None else bool(wants(result))

@@ -29,7 +29,7 @@ app = typer.Typer(
 # Command groups that live in their own modules; each exposes register(app).
 _COMMAND_MODULES = ("streamcap.cli.run", "streamcap.bench", "streamcap.cli.segment", "streamcap.cli.caption",
                     "streamcap.cli.train", "streamcap.soak", "streamcap.cli.propagation",
-                    "streamcap.bench_segmenter", "streamcap.cli.search", "streamcap.search.bench")
+                    "streamcap.bench_segmenter", "streamcap.cli.search", "streamcap.search.bench", "streamcap.cli.serve")
 
 
 def _register_commands() -> None:

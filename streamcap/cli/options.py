@@ -67,3 +67,7 @@ MqttUser = Annotated[Optional[str], typer.Option("--mqtt-user", help="MQTT user 
 MqttPasswordFile = Annotated[Optional[Path], typer.Option("--mqtt-password-file", help="File holding the MQTT password (first line; never logged).")]
 MqttTopic = Annotated[str, typer.Option("--mqtt-topic", help="MQTT topic prefix: PREFIX/CAMERA/status|caption|alert.")]
 MetricsPort = Annotated[Optional[int], typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (the dashboard serves them at /metrics too).")]
+Serve = Annotated[Optional[str], typer.Option("--serve", help="Serve the web dashboard on [HOST:]PORT (host 127.0.0.1 when left out; any other host needs --auth-token).")]
+AuthToken = Annotated[Optional[str], typer.Option("--auth-token", help="With --serve or a web command: every request must carry this token (header 'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN). Needed for a non-loopback address.")]
+AuthTokenFile = Annotated[Optional[Path], typer.Option("--auth-token-file", help="Read the token from this file (keeps it out of the process list).")]
+ServeFps = Annotated[float, typer.Option("--serve-fps", min=0.1, max=60.0, help="With --serve: live frames a second per camera sent to viewers (each one drawn and JPEG-encoded once).")]

@@ -236,6 +236,7 @@ def monitor(
     alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
     mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
     mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
+    serve: Serve = None, auth_token: AuthToken = None, auth_token_file: AuthTokenFile = None, serve_fps: ServeFps = 5.0,
 ) -> None:
     """Headless monitoring of several cameras in one process, logging to JSONL.
 
@@ -247,6 +248,8 @@ def monitor(
       streamcap monitor rtsp://camera1/stream rtsp://camera2/stream --log captions.jsonl
 
       streamcap monitor --config cameras.yaml --ray auto --log captions.jsonl   (on a Ray cluster)
+
+      streamcap monitor rtsp://camera1/stream --events-dir events/ --serve 8080   (web dashboard)
     """
     from streamcap.runner import Job
 
@@ -266,10 +269,20 @@ def monitor(
                        first_frame_timeout_s=first_frame_timeout, watchdog_s=watchdog,
                        backoff_max_s=backoff_max)
                for u in urls]
-    tap = notify_tap(locals(), sources)
-    _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=sys.argv[1:], progress=False,
-             duration_s=duration,
-             **_events_options(locals()), **_model_options(locals())), tap=tap)
+    from streamcap.tap import RecordTap
+    from streamcap.web.auth import redact_argv
+    from streamcap.web.wiring import start_dashboard, watched_tap
+
+    tap = notify_tap(locals(), sources, watched_tap() if serve else RecordTap())
+    dashboard = start_dashboard(tap, serve, auth_token, auth_token_file, sources, log, events_dir, not no_index,
+                                serve_fps)
+    try:
+        _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=redact_argv(sys.argv[1:]), progress=False,
+                 duration_s=duration,
+                 **_events_options(locals()), **_model_options(locals())), tap=tap)
+    finally:
+        if dashboard is not None:
+            dashboard.close()
 
 
 

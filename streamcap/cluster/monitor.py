@@ -38,6 +38,13 @@ def local_log_dir(log: Path | None) -> str:
 def monitor_cameras(opts: dict[str, Any]) -> None:
     from streamcap.cluster.jobs import group_job, single_job
 
+    unsupported = [flag for key, flag in (("serve", "--serve"), ("alerts", "--alerts"), ("alert_object", "--alert-object"),
+                                          ("alert_caption", "--alert-caption"), ("webhook", "--webhook"),
+                                          ("mqtt", "--mqtt"), ("metrics_port", "--metrics-port"))
+                   if opts.get(key)]
+    if unsupported:  # refused, never silently ignored
+        raise BadInputError(f"{', '.join(unsupported)} cannot be combined with --config/--ray yet; "
+                            "give the cameras as URLs on the command line")
     cfg = cameras(opts)
     argv = sys.argv[1:]
     if opts.get("ray") is None:
