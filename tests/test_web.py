@@ -315,10 +315,10 @@ def test_monitor_refuses_public_serve_without_token_before_any_camera():
 def test_frames_drawn_only_when_a_viewer_will_get_them():
     """The writer asks the tap whether to draw a frame: not while nobody watches, and not more
     often than the hub's max_fps while someone does."""
-    from streamcap.web.wiring import watched_tap
+    from streamcap.tap import RecordTap
 
     hub = LiveHub(["cam1", "cam2"], max_fps=0.001)  # one frame per ~1000 s: only the first is due
-    tap = watched_tap()
+    tap = RecordTap()
     tap.subscribe_frames(hub)
     first, second, other = frame_result("cam1", 0, 10), frame_result("cam1", 1, 20), frame_result("cam2", 0, 30)
     assert not tap.wants_image(first)

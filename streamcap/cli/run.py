@@ -271,9 +271,9 @@ def monitor(
                for u in urls]
     from streamcap.tap import RecordTap
     from streamcap.web.auth import redact_argv
-    from streamcap.web.wiring import start_dashboard, watched_tap
+    from streamcap.web.wiring import start_dashboard
 
-    tap = notify_tap(locals(), sources, watched_tap() if serve else RecordTap())
+    tap = notify_tap(locals(), sources, RecordTap())
     dashboard = start_dashboard(tap, serve, auth_token, auth_token_file, sources, log, events_dir, not no_index,
                                 serve_fps)
     try:

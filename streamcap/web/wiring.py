@@ -46,24 +46,6 @@ def open_search(log: Path | None, events_dir: Path | None, history: History) -> 
     return LazySearch(index_path_for(log), history)
 
 
-def watched_tap():
-    """A record tap that asks each frame subscriber whether it wants a frame drawn (its own
-    ``wants_image(result)``), so the writer draws for the dashboard only the frames a viewer
-    will get. (``RecordTap.wants_image`` says yes to every frame once any frame subscriber is
-    attached; this can go once it asks its subscribers.)"""
-    from streamcap.tap import RecordTap
-
-    class WatchedTap(RecordTap):
-        def wants_image(self, result: Any) -> bool:
-            for fn in self._frame_subscribers:
-                wants = getattr(fn, "wants_image", None)
-                if wants is None or wants(result):
-                    return True
-            return self.events is not None and self.events.wants_image(result)
-
-    return WatchedTap()
-
-
 class Dashboard:
     """The web server of a ``monitor`` run, fed by the run's record tap."""
 
