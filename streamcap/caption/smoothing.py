@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from typing import Callable, Mapping, Sequence
 
 # Words that carry no scene content: rewordings differ mostly in these.
 STOP_WORDS = frozenset(
@@ -35,6 +36,70 @@ def similarity(a: str, b: str) -> float:
     return len(wa & wb) / len(wa | wb)
 
 
+word_similarity = similarity  # the default of CaptionSmoother (its own ``similarity`` shadows the name)
+
+
+def soft_similarity(a: str, b: str, vectors: Mapping[str, Sequence[float]], floor: float = 0.2) -> float:
+    """Similarity by meaning: content words matched to their closest word in the other caption
+    (1 for the same word, else the cosine of the unit word ``vectors``, rescaled so that
+    ``floor`` and below count 0), averaged over the words of both. Words without a vector
+    match only themselves. 1.0 for two captions without content words."""
+    wa, wb = content_words(a), content_words(b)
+    if not wa and not wb:
+        return 1.0
+    if not wa or not wb:
+        return 0.0
+
+    def match(x: str, y: str) -> float:
+        if x == y:
+            return 1.0
+        vx, vy = vectors.get(x), vectors.get(y)
+        if vx is None or vy is None:
+            return 0.0
+        cos = float(vx.dot(vy)) if hasattr(vx, "dot") else sum(p * q for p, q in zip(vx, vy))
+        return max(0.0, (cos - floor) / (1.0 - floor))
+
+    total = sum(max(match(x, y) for y in wb) for x in wa) + sum(max(match(y, x) for x in wa) for y in wb)
+    return total / (len(wa) + len(wb))
+
+
+class WordVectors:
+    """``similarity(a, b)`` by meaning from unit word vectors (e.g. a caption decoder's output
+    embeddings): a callable for ``CaptionSmoother(similarity=...)``."""
+
+    def __init__(self, vectors: Mapping[str, Sequence[float]], floor: float = 0.2) -> None:
+        self.vectors, self.floor = dict(vectors), floor
+
+    def __call__(self, a: str, b: str) -> float:
+        return soft_similarity(a, b, self.vectors, self.floor)
+
+
+class FrameWindow:
+    """Frames sampled between two captions: after ``take(t)``, one every ``step_s`` seconds of
+    stream time (``wants(t)`` says when), at most ``size`` (the oldest fall out first)."""
+
+    def __init__(self, size: int, step_s: float) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self.size, self.step_s = size, max(step_s, 0.0)
+        self._items: deque = deque(maxlen=size)
+        self._last_t: float | None = None
+
+    def wants(self, t_s: float) -> bool:
+        return self._last_t is None or t_s < self._last_t or t_s - self._last_t >= self.step_s - 1e-9
+
+    def add(self, t_s: float, item) -> None:
+        self._items.append(item)
+        self._last_t = t_s
+
+    def take(self, t_s: float) -> list:
+        """The items sampled so far, oldest first; sampling restarts from ``t_s``."""
+        items = list(self._items)
+        self._items.clear()
+        self._last_t = t_s
+        return items
+
+
 class CaptionSmoother:
     """Hysteresis on captions: ``update(raw_text, score, t_s) -> (shown_text, changed)``.
 
@@ -55,12 +120,18 @@ class CaptionSmoother:
       scene: score >= (running score of the shown scene) + ``confident_margin``, or score >=
       ``confident_score`` (absolute; model-dependent, off by default); and only after the
       shown caption has been up for ``min_hold_s`` seconds. Set both to None to disable.
+    - A scene change seen in the pixels (``update(..., scene_change=True)``, from the
+      captioner's features) with a caption not similar to the shown one is shown at once
+      (after ``min_hold_s``): a hard cut is one caption run, however unsure the model is.
+    - ``similarity``: how captions are compared (default: word overlap, ``similarity``); a
+      ``WordVectors`` compares them by meaning.
     """
 
     def __init__(self, confirm_runs: int = 2, same_threshold: float = 0.5,
                  hard_threshold: float = 0.1, confident_margin: float | None = 0.5,
                  confident_score: float | None = None, min_hold_s: float = 0.0,
-                 consensus_runs: int | None = None, consensus_threshold: float = 0.25) -> None:
+                 consensus_runs: int | None = None, consensus_threshold: float = 0.25,
+                 similarity: Callable[[str, str], float] | None = None) -> None:
         if confirm_runs < 1:
             raise ValueError("confirm_runs must be at least 1")
         if consensus_runs is not None and consensus_runs < 2:
@@ -73,6 +144,7 @@ class CaptionSmoother:
         self.min_hold_s = min_hold_s
         self.consensus_runs = consensus_runs or confirm_runs + 1
         self.consensus_threshold = consensus_threshold
+        self.similarity = similarity or word_similarity
         self.reset()
 
     def reset(self) -> None:
@@ -105,7 +177,7 @@ class CaptionSmoother:
             return None
 
         def sims(text: str, skip: int | None = None) -> list[float]:
-            return [similarity(text, r[0]) for k, r in enumerate(recent) if k != skip]
+            return [self.similarity(text, r[0]) for k, r in enumerate(recent) if k != skip]
 
         def agreement(text: str, skip: int | None = None) -> float:
             values = sims(text, skip)
@@ -119,7 +191,8 @@ class CaptionSmoother:
             return None
         return text, score
 
-    def update(self, raw_text: str, score: float, t_s: float) -> tuple[str, bool]:
+    def update(self, raw_text: str, score: float, t_s: float,
+               scene_change: bool = False) -> tuple[str, bool]:
         raw_text = raw_text.strip()
         if self.shown is None:
             if not raw_text:
@@ -127,7 +200,7 @@ class CaptionSmoother:
             return self._show(raw_text, score, t_s)
         if not raw_text:
             return self.shown, False
-        sim_shown = similarity(raw_text, self.shown)
+        sim_shown = self.similarity(raw_text, self.shown)
         if sim_shown >= self.same_threshold:  # a rewording of what is shown
             self.shown_score = 0.7 * self.shown_score + 0.3 * score
             self._cand, self._cand_count = None, 0
@@ -135,7 +208,9 @@ class CaptionSmoother:
             self._unsupported.clear()
             return self.shown, False
         self._unsupported.append((raw_text, score))
-        if self._cand is not None and similarity(raw_text, self._cand) >= self.same_threshold:
+        if scene_change and t_s - self.shown_since >= self.min_hold_s:
+            return self._show(raw_text, score, t_s)
+        if self._cand is not None and self.similarity(raw_text, self._cand) >= self.same_threshold:
             self._cand_count += 1
         else:
             self._cand, self._cand_count = raw_text, 1
