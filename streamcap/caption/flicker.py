@@ -47,24 +47,29 @@ def video_frames(path: str | Path, max_s: float | None = None) -> Iterator[Frame
 
 
 def still_frames(path: str | Path, start_index: int, start_s: float, duration_s: float,
-                 fps: float = 10.0) -> Iterator[Frame]:
+                 fps: float = 10.0, source: str | None = None) -> Iterator[Frame]:
+    """The photo as video frames of ``source`` (default: its path)."""
     image = cv2.imread(str(path))
     if image is None:
         raise BadInputError(f"cannot read image {path}")
     for i in range(int(round(duration_s * fps))):
-        yield Frame(str(path), start_index + i, start_s + i / fps, time.time(), image)
+        yield Frame(source or str(path), start_index + i, start_s + i / fps, time.time(), image)
 
 
 def caption_stream(captioner: Callable[[Frame], tuple[str, float]], frames: Iterable[Frame],
-                   interval_s: float) -> list[Record]:
+                   interval_s: float, cost: dict | None = None) -> list[Record]:
     """Run the captioner on the frames the schedule picks: [(t_s, raw, score, scene_change)].
 
     A captioner with ``caption_window`` gets, as in the pipeline, the frames sampled since
-    the previous caption (``window_sampler``) with the due one."""
+    the previous caption (``window_sampler``) with the due one. ``cost``: adds up the seconds
+    spent captioning (thumbnails, encoder, pooling, decoder) under "seconds" and the runs
+    under "runs"."""
     schedule = CaptionSchedule(interval_s=interval_s)
     window = window_sampler(captioner, interval_s)
+    cost = {} if cost is None else cost
     out = []
     for frame in frames:
+        t0 = time.perf_counter()
         if schedule.due(frame.index, frame.pts_s):
             if hasattr(captioner, "caption_window"):
                 thumbs = (window.take(frame.pts_s) if window else []) + [captioner.thumbnail(frame)]
@@ -73,8 +78,12 @@ def caption_stream(captioner: Callable[[Frame], tuple[str, float]], frames: Iter
             else:
                 text, score = captioner(frame)
                 out.append((frame.pts_s, text, float(score), False))
+            cost["runs"] = cost.get("runs", 0) + 1
         elif window is not None and window.wants(frame.pts_s):
             window.add(frame.pts_s, captioner.thumbnail(frame))
+        else:
+            continue
+        cost["seconds"] = cost.get("seconds", 0.0) + time.perf_counter() - t0
     return out
 
 
@@ -119,13 +128,15 @@ def measure_flicker(captioner, video: str | Path, interval_s: float = 2.0,
     smoother = smoother or CaptionSmoother()
     if hasattr(captioner, "reset"):
         captioner.reset()
-    records = caption_stream(captioner, video_frames(video, max_s), interval_s)
+    cost: dict = {}
+    records = caption_stream(captioner, video_frames(video, max_s), interval_s, cost)
     if not records:
         raise BadInputError(f"video {video} has no frames")
     frame_dt = records[1][0] - records[0][0] if len(records) > 1 else interval_s
     duration = records[-1][0] - records[0][0] + frame_dt
     stats = flicker_stats(records, smoother, duration)
     stats.update(video=str(video), interval_s=interval_s,
+                 caption_ms=round(1000 * cost.get("seconds", 0.0) / max(cost.get("runs", 1), 1), 1),
                  captions=[{"t_s": round(t, 2), "raw": r, "score": round(s, 3), "shown": sh}
                            for (t, r, s, *_), (_, sh, _) in zip(records, smooth(records, smoother))])
     return stats
@@ -147,7 +158,7 @@ def measure_responsiveness(captioner, video: str | Path, still: str | Path, inte
             n_a.append(frame.index)
         if not n_a:
             raise BadInputError(f"video {video} has no frames")
-        yield from still_frames(still, len(n_a), len(n_a) / fps, after_s, fps)
+        yield from still_frames(still, len(n_a), len(n_a) / fps, after_s, fps, source=str(video))  # one stream
 
     records = caption_stream(captioner, stream(), interval_s)
     cut = len(n_a) / fps
