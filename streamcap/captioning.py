@@ -141,7 +141,7 @@ class Captions:
         return caption, new
 
     def _run_caption(self, frame: Frame, det: Detections | None = None) -> None:
-        scene_change = False
+        scene_change, picture = False, None
         try:
             thumbs = self._window(frame)
             if thumbs is None:
@@ -149,6 +149,7 @@ class Captions:
             else:
                 result = self.captioner.caption_window(thumbs, str(frame.source), detection_labels(det))
                 raw, score, scene_change = result.text, result.score, result.scene_change
+                picture = result.picture
         except Exception as err:  # the documented stage policy, as for the inference stage
             self._caption_failures += 1
             self.host.stats.add_stage_errors(1)
@@ -166,7 +167,9 @@ class Captions:
         if smoother is None:
             shown, changed = raw, prev is None or raw != prev.text
         else:
-            cue = {"scene_change": True} if scene_change else {}  # a smoother of one's own may lack it
+            cue = {"scene_change": True} if scene_change else {}  # a smoother of one's own may lack these
+            if picture is not None and hasattr(smoother, "still_runs"):
+                cue["picture"] = picture
             shown, changed = smoother.update(raw, score, frame.pts_s, **cue)
         caption = Caption(shown, raw, float(score), frame.index, changed)
         self._captions[frame.source] = caption

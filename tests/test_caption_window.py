@@ -81,3 +81,18 @@ def test_meaning_treats_rewordings_of_the_street_as_one_scene(bundled):
     sim = bundled.word_vectors()
     assert sim("a group of people stand on a sidewalk", "a group of people are walking down a street") >= 0.5
     assert sim("a group of people stand on a sidewalk", "two dogs are walking through a field") < 0.5
+
+
+def test_words_alone_need_still_runs_to_change_an_unchanged_picture():
+    same, moved = np.array([1.0, 0.0]), np.array([0.6, 0.8])  # cosine 1 / 0.6 to the shown picture
+    seq = ["a man walks down the street"] + ["a person on a skateboard in the air"] * 4
+
+    def changes(picture, still_runs=4):
+        s = CaptionSmoother(confirm_runs=2, confident_margin=None, still_runs=still_runs)
+        out = [s.update(text, -1.0, 2.0 * i, picture=same if i == 0 else picture) for i, text in enumerate(seq)]
+        return [i for i, (_, changed) in enumerate(out) if changed]
+
+    assert changes(same) == [0, 4]  # the same picture: 4 runs must agree
+    assert changes(moved) == [0, 2]  # the picture moved: 2 runs confirm, as without pictures
+    assert changes(same, still_runs=None) == [0, 2]
+    assert changes(None) == [0, 2]

@@ -30,6 +30,7 @@ class CaptionResult:
     tokens: list[str]
     alphas: np.ndarray | None = None  # (n_words, h, w) attention per word, attention models only
     scene_change: bool = False  # window captions: the pixels changed scene since the last caption
+    picture: np.ndarray | None = None  # window captions: unit vector of the pooled features (C,)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -217,6 +218,7 @@ class Captioner:
         self._last_pooled[source] = newest
         result = self.decode(window, objects=[objects] if objects else None)[0]
         result.scene_change = change
+        result.picture = torch.nn.functional.normalize(window.mean(dim=(2, 3)), dim=1)[0].cpu().numpy()
         return result
 
     @torch.inference_mode()

@@ -15,7 +15,7 @@ from streamcap.caption.smoothing import CaptionSchedule, CaptionSmoother, FrameW
 from streamcap.errors import BadInputError
 from streamcap.types import Frame
 
-Record = tuple[float, str, float, bool]  # (t_s, raw text, score, scene change seen in the pixels)
+Record = tuple  # (t_s, raw text, score[, scene change seen in the pixels, picture vector])
 
 
 def video_fps(path: str | Path) -> float:
@@ -74,7 +74,7 @@ def caption_stream(captioner: Callable[[Frame], tuple[str, float]], frames: Iter
             if hasattr(captioner, "caption_window"):
                 thumbs = (window.take(frame.pts_s) if window else []) + [captioner.thumbnail(frame)]
                 res = captioner.caption_window(thumbs, frame.source)
-                out.append((frame.pts_s, res.text, float(res.score), res.scene_change))
+                out.append((frame.pts_s, res.text, float(res.score), res.scene_change, res.picture))
             else:
                 text, score = captioner(frame)
                 out.append((frame.pts_s, text, float(score), False))
@@ -98,7 +98,8 @@ def window_sampler(captioner, interval_s: float | None) -> FrameWindow | None:
 
 def smooth(records: list[Record], smoother: CaptionSmoother) -> list[tuple[float, str, bool]]:
     smoother.reset()
-    return [(r[0], *smoother.update(r[1], r[2], r[0], scene_change=_cut(r))) for r in records]
+    return [(r[0], *smoother.update(r[1], r[2], r[0], scene_change=_cut(r),
+                                    picture=r[4] if len(r) > 4 else None)) for r in records]
 
 
 def _cut(record: tuple) -> bool:

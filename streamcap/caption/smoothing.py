@@ -125,13 +125,20 @@ class CaptionSmoother:
       (after ``min_hold_s``): a hard cut is one caption run, however unsure the model is.
     - ``similarity``: how captions are compared (default: word overlap, ``similarity``); a
       ``WordVectors`` compares them by meaning.
+    - Still picture: with ``update(..., picture=v)`` (a unit vector of the captioned frames'
+      pooled features), while the picture stays close to the one the shown caption was made
+      for (cosine >= ``still_above``), the words alone must agree longer before they replace
+      it: ``still_runs`` runs instead of ``confirm_runs`` (confirmation and consensus), and no
+      confidence shortcut. The model re-telling an unchanged picture differently is noise;
+      a change the pixels show goes through as above. ``still_runs=None``: off.
     """
 
     def __init__(self, confirm_runs: int = 2, same_threshold: float = 0.5,
                  hard_threshold: float = 0.1, confident_margin: float | None = 0.5,
                  confident_score: float | None = None, min_hold_s: float = 0.0,
                  consensus_runs: int | None = None, consensus_threshold: float = 0.25,
-                 similarity: Callable[[str, str], float] | None = None) -> None:
+                 similarity: Callable[[str, str], float] | None = None,
+                 still_runs: int | None = 6, still_above: float = 0.75) -> None:
         if confirm_runs < 1:
             raise ValueError("confirm_runs must be at least 1")
         if consensus_runs is not None and consensus_runs < 2:
@@ -145,6 +152,9 @@ class CaptionSmoother:
         self.consensus_runs = consensus_runs or confirm_runs + 1
         self.consensus_threshold = consensus_threshold
         self.similarity = similarity or word_similarity
+        if still_runs is not None and still_runs < 1:
+            raise ValueError("still_runs must be at least 1")
+        self.still_runs, self.still_above = still_runs, still_above
         self.reset()
 
     def reset(self) -> None:
@@ -154,7 +164,9 @@ class CaptionSmoother:
         self._cand: str | None = None
         self._cand_best: tuple[float, str] = (float("-inf"), "")
         self._cand_count = 0
-        self._unsupported: deque[tuple[str, float]] = deque(maxlen=self.consensus_runs)
+        self._unsupported: deque[tuple[str, float]] = deque(
+            maxlen=max(self.consensus_runs, self.still_runs or 0))
+        self.shown_picture = None
         self.changes = 0
 
     @property
@@ -162,18 +174,27 @@ class CaptionSmoother:
         """(candidate text, how many runs confirmed it so far)."""
         return self._cand, self._cand_count
 
-    def _show(self, text: str, score: float, t_s: float) -> tuple[str, bool]:
+    def _show(self, text: str, score: float, t_s: float, picture=None) -> tuple[str, bool]:
         self.shown, self.shown_since, self.shown_score = text, t_s, score
+        self.shown_picture = picture
         self._cand, self._cand_count, self._cand_best = None, 0, (float("-inf"), "")
         self._unsupported.clear()
         self.changes += 1
         return text, True
 
-    def _consensus(self) -> tuple[str, float] | None:
-        """The medoid of the recent unsupported captions when they agree and the shown one
-        does not agree with them; else None."""
-        recent = list(self._unsupported)
-        if len(recent) < self.consensus_runs:
+    def _still(self, picture) -> bool:
+        """Whether the picture is still the one the shown caption was made for."""
+        if self.still_runs is None or picture is None or self.shown_picture is None:
+            return False
+        ref = self.shown_picture
+        cos = float(ref.dot(picture)) if hasattr(ref, "dot") else sum(p * q for p, q in zip(ref, picture))
+        return cos >= self.still_above
+
+    def _consensus(self, runs: int) -> tuple[str, float] | None:
+        """The medoid of the last ``runs`` unsupported captions when they agree and the shown
+        one does not agree with them; else None."""
+        recent = list(self._unsupported)[-runs:]
+        if len(recent) < runs:
             return None
 
         def sims(text: str, skip: int | None = None) -> list[float]:
@@ -191,13 +212,13 @@ class CaptionSmoother:
             return None
         return text, score
 
-    def update(self, raw_text: str, score: float, t_s: float,
-               scene_change: bool = False) -> tuple[str, bool]:
+    def update(self, raw_text: str, score: float, t_s: float, scene_change: bool = False,
+               picture=None) -> tuple[str, bool]:
         raw_text = raw_text.strip()
         if self.shown is None:
             if not raw_text:
                 return "", False
-            return self._show(raw_text, score, t_s)
+            return self._show(raw_text, score, t_s, picture)
         if not raw_text:
             return self.shown, False
         sim_shown = self.similarity(raw_text, self.shown)
@@ -209,7 +230,7 @@ class CaptionSmoother:
             return self.shown, False
         self._unsupported.append((raw_text, score))
         if scene_change and t_s - self.shown_since >= self.min_hold_s:
-            return self._show(raw_text, score, t_s)
+            return self._show(raw_text, score, t_s, picture)
         if self._cand is not None and self.similarity(raw_text, self._cand) >= self.same_threshold:
             self._cand_count += 1
         else:
@@ -219,12 +240,14 @@ class CaptionSmoother:
             self._cand_best = (score, raw_text)
         sure = ((self.confident_score is not None and score >= self.confident_score)
                 or (self.confident_margin is not None and score >= self.shown_score + self.confident_margin))
-        hard = sure and sim_shown <= self.hard_threshold and t_s - self.shown_since >= self.min_hold_s
-        if self._cand_count >= self.confirm_runs or hard:
-            return self._show(self._cand_best[1], self._cand_best[0], t_s)
-        consensus = self._consensus()
+        still = self._still(picture)
+        hard = (sure and not still and sim_shown <= self.hard_threshold
+                and t_s - self.shown_since >= self.min_hold_s)
+        if self._cand_count >= (self.still_runs if still else self.confirm_runs) or hard:
+            return self._show(self._cand_best[1], self._cand_best[0], t_s, picture)
+        consensus = self._consensus(self.still_runs if still else self.consensus_runs)
         if consensus is not None:
-            return self._show(consensus[0], consensus[1], t_s)
+            return self._show(consensus[0], consensus[1], t_s, picture)
         return self.shown, False
 
 

@@ -147,6 +147,9 @@ def bench_captions_command(
     compare: str = typer.Option("meaning", "--compare",
                                 help="Smoother: compare captions by 'meaning' (the model's word embeddings) "
                                      "or by 'words' (shared content words)."),
+    still_runs: int = typer.Option(6, "--still-runs", min=0,
+                                   help="Smoother: runs that must agree to change the caption while the "
+                                        "picture stays the same (0: off, --confirm-runs applies)."),
     beam: int = typer.Option(3, "--beam", min=1),
     cut_at: float = typer.Option(20.0, "--cut-at", help="Seconds of video before the hard cut."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
@@ -172,14 +175,16 @@ def bench_captions_command(
         similarity = captioner.word_vectors() if compare == "meaning" else None
         report = bench(captioner, video, still, interval,
                        lambda: CaptionSmoother(confirm_runs=confirm_runs, confident_margin=confident_margin,
-                                              confident_score=confident_score, similarity=similarity),
+                                              confident_score=confident_score, similarity=similarity,
+                                              still_runs=still_runs or None),
                        cut_at_s=cut_at)
     except StreamcapError as err:
         raise _fail(err)
     report["settings"] = {"model": str(captioner.checkpoint_path), "beam": beam, "interval_s": interval,
                           "confirm_runs": confirm_runs, "confident_margin": confident_margin,
                           "confident_score": confident_score,
-                          "feature_ema": feature_ema, "window": window, "compare": compare}
+                          "feature_ema": feature_ema, "window": window, "compare": compare,
+                          "still_runs": still_runs}
     if as_json:
         typer.echo(json.dumps(report))
         return
