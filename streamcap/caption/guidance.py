@@ -10,7 +10,8 @@ into a per-step bias on the decoder's log-probabilities, a soft form of guided b
 - the words of the classes in ``COCO_WORDS`` that no detection supports get ``-penalty``.
 
 No labels (None or an empty list): no guide, decoding as without objects. Labels the table does
-not know are ignored. Scores reported stay the model's own log-probabilities.
+not know get no bonus (the words of the table's classes are still penalized: nothing detected
+supports them). Scores reported stay the model's own log-probabilities.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from streamcap.errors import BadInputError
 
-DEFAULT_BONUS = 1.0
+DEFAULT_BONUS = 2.0
 DEFAULT_PENALTY = 2.0
 DEFAULT_MIN_SCORE = 0.5
 
