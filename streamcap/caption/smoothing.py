@@ -138,7 +138,7 @@ class CaptionSmoother:
                  confident_score: float | None = None, min_hold_s: float = 0.0,
                  consensus_runs: int | None = None, consensus_threshold: float = 0.25,
                  similarity: Callable[[str, str], float] | None = None,
-                 still_runs: int | None = 6, still_above: float = 0.75) -> None:
+                 still_runs: int | None = 8, still_above: float = 0.75) -> None:
         if confirm_runs < 1:
             raise ValueError("confirm_runs must be at least 1")
         if consensus_runs is not None and consensus_runs < 2:

@@ -147,7 +147,7 @@ def bench_captions_command(
     compare: str = typer.Option("meaning", "--compare",
                                 help="Smoother: compare captions by 'meaning' (the model's word embeddings) "
                                      "or by 'words' (shared content words)."),
-    still_runs: int = typer.Option(6, "--still-runs", min=0,
+    still_runs: int = typer.Option(8, "--still-runs", min=0,
                                    help="Smoother: runs that must agree to change the caption while the "
                                         "picture stays the same (0: off, --confirm-runs applies)."),
     beam: int = typer.Option(3, "--beam", min=1),
