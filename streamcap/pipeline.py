@@ -355,7 +355,7 @@ class Pipeline:
     def emit(self, frame: Frame, det: Detections | None, extras: dict[str, Any]) -> bool:
         """Attach the caption, queue the frame's result for the writer; False when stopping."""
         self.stats.add_processed(1)
-        self.captions.offer(frame)
+        self.captions.offer(frame, det)
         caption, new_caption = self.captions.attach(frame.source)
         seq = self._seq.get(frame.source, 0)
         self._seq[frame.source] = seq + 1

@@ -72,8 +72,9 @@ def greedy(decoder: CaptionDecoder, features: torch.Tensor, max_len: int = 20,
 @dataclass
 class _Hyp:
     tokens: list[int] = field(default_factory=list)
-    logp: float = 0.0
+    logp: float = 0.0  # what ranks hypotheses: the model's log-probability plus any guide's bias
     alphas: list[torch.Tensor] = field(default_factory=list)
+    model_logp: float = 0.0  # the model's own log-probability (the reported score)
 
 
 def _banned(tokens: list[int], n: int) -> set[int]:
@@ -87,11 +88,14 @@ def _banned(tokens: list[int], n: int) -> set[int]:
 @torch.inference_mode()
 def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 3, max_len: int = 20,
                 length_penalty: float = DEFAULT_LENGTH_PENALTY, block_repeat_ngram: int = 0,
-                min_len: int = 1, return_alphas: bool = False) -> list[list[tuple]]:
+                min_len: int = 1, return_alphas: bool = False,
+                guides: list | None = None) -> list[list[tuple]]:
     """Up to ``beam`` hypotheses per image, best normalized score first.
 
     An <end> among the top ``beam`` candidates of a step finishes that hypothesis; an image
     stops when it has ``beam`` finished ones (so beam=1 is exactly greedy).
+    ``guides``: one ``ObjectGuide`` (or None) per image; its bias is added to the
+    log-probabilities that rank the hypotheses, while scores stay the model's own.
     """
     k = max(1, int(beam))
     state = decoder.init_state(features)
@@ -99,7 +103,8 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 3, 
     hyps = [_Hyp() for _ in range(B)]  # one per state row
     owner = list(range(B))  # image of each state row
     tokens = torch.full((B,), Vocab.start_id, dtype=torch.long, device=device)  # (R,)
-    finished: list[list[tuple[float, _Hyp, int]]] = [[] for _ in range(B)]
+    finished: list[list[tuple[float, _Hyp, int, float]]] = [[] for _ in range(B)]
+    guided = guides is not None and any(g is not None for g in guides)
     for t in range(max_len):
         log_probs, alpha, state = decoder.step(tokens, state)  # (R, V), (R, L)
         _mask_specials(log_probs, t, min_len)
@@ -109,6 +114,11 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 3, 
                 if banned:
                     log_probs[r, list(banned)] = _NEG_INF
         V = log_probs.shape[1]
+        model_lp = log_probs
+        if guided:
+            bias = torch.stack([guides[b].bias([h.tokens])[0] if guides[b] is not None
+                                else log_probs.new_zeros(V) for h, b in zip(hyps, owner)])  # (R, V)
+            log_probs = log_probs + bias.to(device)
         cand = log_probs + torch.tensor([h.logp for h in hyps], device=device).unsqueeze(1)  # (R, V)
         alpha_cpu = alpha.cpu()
         rows_by_image: dict[int, list[int]] = {}
@@ -124,16 +134,17 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 3, 
                     break
                 r, tok = rows[i // V], i % V
                 parent = hyps[r]
+                model = parent.model_logp + float(model_lp[r, tok]) if guided else s
                 if tok == Vocab.end_id:
                     if rank < k:
                         n = len(parent.tokens) + 1
-                        finished[b].append((_normalize(s, n, length_penalty), parent, n))
+                        finished[b].append((_normalize(s, n, length_penalty), parent, n, model))
                     continue
                 if n_active < k:
                     new_rows.append(r)
                     new_tokens.append(tok)
                     new_owner.append(b)
-                    new_hyps.append(_Hyp(parent.tokens + [tok], s, parent.alphas + [alpha_cpu[r]]))
+                    new_hyps.append(_Hyp(parent.tokens + [tok], s, parent.alphas + [alpha_cpu[r]], model))
                     n_active += 1
             if len(finished[b]) >= k:  # this image is done: drop its active rows
                 keep = [j for j, o in enumerate(new_owner) if o != b]
@@ -147,9 +158,11 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 3, 
         tokens = torch.tensor(new_tokens, dtype=torch.long, device=device)  # (R',)
         hyps, owner = new_hyps, new_owner
     for hyp, b in zip(hyps, owner):  # ran out of max_len: unterminated hypotheses count too
-        finished[b].append((_normalize(hyp.logp, len(hyp.tokens), length_penalty), hyp, len(hyp.tokens)))
+        n = len(hyp.tokens)
+        finished[b].append((_normalize(hyp.logp, n, length_penalty), hyp, n, hyp.model_logp))
     out = []
     for b in range(B):
         ranked = sorted(finished[b], key=lambda f: f[0], reverse=True)[:k]
-        out.append([_result(h.tokens, score, h.alphas, return_alphas) for score, h, _ in ranked])
+        out.append([_result(h.tokens, _normalize(model, n, length_penalty), h.alphas, return_alphas)
+                    for _, h, n, model in ranked])
     return out

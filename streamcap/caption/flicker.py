@@ -11,11 +11,11 @@ from typing import Callable, Iterable, Iterator
 
 import cv2
 
-from streamcap.caption.smoothing import CaptionSchedule, CaptionSmoother, similarity
+from streamcap.caption.smoothing import CaptionSchedule, CaptionSmoother, FrameWindow
 from streamcap.errors import BadInputError
 from streamcap.types import Frame
 
-Record = tuple[float, str, float]  # (t_s, raw text, score)
+Record = tuple  # (t_s, raw text, score[, scene change seen in the pixels, picture vector])
 
 
 def video_fps(path: str | Path) -> float:
@@ -47,35 +47,69 @@ def video_frames(path: str | Path, max_s: float | None = None) -> Iterator[Frame
 
 
 def still_frames(path: str | Path, start_index: int, start_s: float, duration_s: float,
-                 fps: float = 10.0) -> Iterator[Frame]:
+                 fps: float = 10.0, source: str | None = None) -> Iterator[Frame]:
+    """The photo as video frames of ``source`` (default: its path)."""
     image = cv2.imread(str(path))
     if image is None:
         raise BadInputError(f"cannot read image {path}")
     for i in range(int(round(duration_s * fps))):
-        yield Frame(str(path), start_index + i, start_s + i / fps, time.time(), image)
+        yield Frame(source or str(path), start_index + i, start_s + i / fps, time.time(), image)
 
 
 def caption_stream(captioner: Callable[[Frame], tuple[str, float]], frames: Iterable[Frame],
-                   interval_s: float) -> list[Record]:
-    """Run the captioner on the frames the schedule picks: [(t_s, raw, score)]."""
+                   interval_s: float, cost: dict | None = None) -> list[Record]:
+    """Run the captioner on the frames the schedule picks: [(t_s, raw, score, scene_change)].
+
+    A captioner with ``caption_window`` gets, as in the pipeline, the frames sampled since
+    the previous caption (``window_sampler``) with the due one. ``cost``: adds up the seconds
+    spent captioning (thumbnails, encoder, pooling, decoder) under "seconds" and the runs
+    under "runs"."""
     schedule = CaptionSchedule(interval_s=interval_s)
+    window = window_sampler(captioner, interval_s)
+    cost = {} if cost is None else cost
     out = []
     for frame in frames:
+        t0 = time.perf_counter()
         if schedule.due(frame.index, frame.pts_s):
-            text, score = captioner(frame)
-            out.append((frame.pts_s, text, float(score)))
+            if hasattr(captioner, "caption_window"):
+                thumbs = (window.take(frame.pts_s) if window else []) + [captioner.thumbnail(frame)]
+                res = captioner.caption_window(thumbs, frame.source)
+                out.append((frame.pts_s, res.text, float(res.score), res.scene_change, res.picture))
+            else:
+                text, score = captioner(frame)
+                out.append((frame.pts_s, text, float(score), False))
+            cost["runs"] = cost.get("runs", 0) + 1
+        elif window is not None and window.wants(frame.pts_s):
+            window.add(frame.pts_s, captioner.thumbnail(frame))
+        else:
+            continue
+        cost["seconds"] = cost.get("seconds", 0.0) + time.perf_counter() - t0
     return out
+
+
+def window_sampler(captioner, interval_s: float | None) -> FrameWindow | None:
+    """The frames a window captioner pools besides the due one: ``window - 1`` evenly spaced
+    over the caption interval; None when it pools none."""
+    size = getattr(captioner, "window", 1) if hasattr(captioner, "caption_window") else 1
+    if size <= 1:
+        return None
+    return FrameWindow(size - 1, (interval_s or 0.0) / size)
 
 
 def smooth(records: list[Record], smoother: CaptionSmoother) -> list[tuple[float, str, bool]]:
     smoother.reset()
-    return [(t, *smoother.update(text, score, t)) for t, text, score in records]
+    return [(r[0], *smoother.update(r[1], r[2], r[0], scene_change=_cut(r),
+                                    picture=r[4] if len(r) > 4 else None)) for r in records]
+
+
+def _cut(record: tuple) -> bool:
+    return bool(record[3]) if len(record) > 3 else False  # (t, raw, score) records: no pixel cue
 
 
 def flicker_stats(records: list[Record], smoother: CaptionSmoother, duration_s: float) -> dict:
     shown = smooth(records, smoother)
     raw_changes = sum(a[1] != b[1] for a, b in zip(records, records[1:]))
-    raw_scene_changes = sum(similarity(a[1], b[1]) < smoother.same_threshold
+    raw_scene_changes = sum(smoother.similarity(a[1], b[1]) < smoother.same_threshold
                             for a, b in zip(records, records[1:]))
     shown_changes = sum(changed for _, _, changed in shown[1:])  # the first caption is no change
     per_min = 60.0 / max(duration_s, 1e-9)
@@ -85,6 +119,7 @@ def flicker_stats(records: list[Record], smoother: CaptionSmoother, duration_s: 
         "raw_scene_changes_per_min": round(raw_scene_changes * per_min, 2),
         "shown_changes": shown_changes, "shown_changes_per_min": round(shown_changes * per_min, 2),
         "distinct_raw": len({r[1] for r in records}), "distinct_shown": len({s[1] for s in shown}),
+        "scene_changes_seen": sum(_cut(r) for r in records),
     }
 
 
@@ -94,15 +129,17 @@ def measure_flicker(captioner, video: str | Path, interval_s: float = 2.0,
     smoother = smoother or CaptionSmoother()
     if hasattr(captioner, "reset"):
         captioner.reset()
-    records = caption_stream(captioner, video_frames(video, max_s), interval_s)
+    cost: dict = {}
+    records = caption_stream(captioner, video_frames(video, max_s), interval_s, cost)
     if not records:
         raise BadInputError(f"video {video} has no frames")
     frame_dt = records[1][0] - records[0][0] if len(records) > 1 else interval_s
     duration = records[-1][0] - records[0][0] + frame_dt
     stats = flicker_stats(records, smoother, duration)
     stats.update(video=str(video), interval_s=interval_s,
+                 caption_ms=round(1000 * cost.get("seconds", 0.0) / max(cost.get("runs", 1), 1), 1),
                  captions=[{"t_s": round(t, 2), "raw": r, "score": round(s, 3), "shown": sh}
-                           for (t, r, s), (_, sh, _) in zip(records, smooth(records, smoother))])
+                           for (t, r, s, *_), (_, sh, _) in zip(records, smooth(records, smoother))])
     return stats
 
 
@@ -122,7 +159,7 @@ def measure_responsiveness(captioner, video: str | Path, still: str | Path, inte
             n_a.append(frame.index)
         if not n_a:
             raise BadInputError(f"video {video} has no frames")
-        yield from still_frames(still, len(n_a), len(n_a) / fps, after_s, fps)
+        yield from still_frames(still, len(n_a), len(n_a) / fps, after_s, fps, source=str(video))  # one stream
 
     records = caption_stream(captioner, stream(), interval_s)
     cut = len(n_a) / fps

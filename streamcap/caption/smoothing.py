@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from typing import Callable, Mapping, Sequence
 
 # Words that carry no scene content: rewordings differ mostly in these.
 STOP_WORDS = frozenset(
@@ -35,6 +36,70 @@ def similarity(a: str, b: str) -> float:
     return len(wa & wb) / len(wa | wb)
 
 
+word_similarity = similarity  # the default of CaptionSmoother (its own ``similarity`` shadows the name)
+
+
+def soft_similarity(a: str, b: str, vectors: Mapping[str, Sequence[float]], floor: float = 0.2) -> float:
+    """Similarity by meaning: content words matched to their closest word in the other caption
+    (1 for the same word, else the cosine of the unit word ``vectors``, rescaled so that
+    ``floor`` and below count 0), averaged over the words of both. Words without a vector
+    match only themselves. 1.0 for two captions without content words."""
+    wa, wb = content_words(a), content_words(b)
+    if not wa and not wb:
+        return 1.0
+    if not wa or not wb:
+        return 0.0
+
+    def match(x: str, y: str) -> float:
+        if x == y:
+            return 1.0
+        vx, vy = vectors.get(x), vectors.get(y)
+        if vx is None or vy is None:
+            return 0.0
+        cos = float(vx.dot(vy)) if hasattr(vx, "dot") else sum(p * q for p, q in zip(vx, vy))
+        return max(0.0, (cos - floor) / (1.0 - floor))
+
+    total = sum(max(match(x, y) for y in wb) for x in wa) + sum(max(match(y, x) for x in wa) for y in wb)
+    return total / (len(wa) + len(wb))
+
+
+class WordVectors:
+    """``similarity(a, b)`` by meaning from unit word vectors (e.g. a caption decoder's output
+    embeddings): a callable for ``CaptionSmoother(similarity=...)``."""
+
+    def __init__(self, vectors: Mapping[str, Sequence[float]], floor: float = 0.2) -> None:
+        self.vectors, self.floor = dict(vectors), floor
+
+    def __call__(self, a: str, b: str) -> float:
+        return soft_similarity(a, b, self.vectors, self.floor)
+
+
+class FrameWindow:
+    """Frames sampled between two captions: after ``take(t)``, one every ``step_s`` seconds of
+    stream time (``wants(t)`` says when), at most ``size`` (the oldest fall out first)."""
+
+    def __init__(self, size: int, step_s: float) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self.size, self.step_s = size, max(step_s, 0.0)
+        self._items: deque = deque(maxlen=size)
+        self._last_t: float | None = None
+
+    def wants(self, t_s: float) -> bool:
+        return self._last_t is None or t_s < self._last_t or t_s - self._last_t >= self.step_s - 1e-9
+
+    def add(self, t_s: float, item) -> None:
+        self._items.append(item)
+        self._last_t = t_s
+
+    def take(self, t_s: float) -> list:
+        """The items sampled so far, oldest first; sampling restarts from ``t_s``."""
+        items = list(self._items)
+        self._items.clear()
+        self._last_t = t_s
+        return items
+
+
 class CaptionSmoother:
     """Hysteresis on captions: ``update(raw_text, score, t_s) -> (shown_text, changed)``.
 
@@ -55,12 +120,25 @@ class CaptionSmoother:
       scene: score >= (running score of the shown scene) + ``confident_margin``, or score >=
       ``confident_score`` (absolute; model-dependent, off by default); and only after the
       shown caption has been up for ``min_hold_s`` seconds. Set both to None to disable.
+    - A scene change seen in the pixels (``update(..., scene_change=True)``, from the
+      captioner's features) with a caption not similar to the shown one is shown at once
+      (after ``min_hold_s``): a hard cut is one caption run, however unsure the model is.
+    - ``similarity``: how captions are compared (default: word overlap, ``similarity``); a
+      ``WordVectors`` compares them by meaning.
+    - Still picture: with ``update(..., picture=v)`` (a unit vector of the captioned frames'
+      pooled features), while the picture stays close to the one the shown caption was made
+      for (cosine >= ``still_above``), the words alone must agree longer before they replace
+      it: ``still_runs`` runs instead of ``confirm_runs`` (confirmation and consensus), and no
+      confidence shortcut. The model re-telling an unchanged picture differently is noise;
+      a change the pixels show goes through as above. ``still_runs=None``: off.
     """
 
     def __init__(self, confirm_runs: int = 2, same_threshold: float = 0.5,
                  hard_threshold: float = 0.1, confident_margin: float | None = 0.5,
                  confident_score: float | None = None, min_hold_s: float = 0.0,
-                 consensus_runs: int | None = None, consensus_threshold: float = 0.25) -> None:
+                 consensus_runs: int | None = None, consensus_threshold: float = 0.25,
+                 similarity: Callable[[str, str], float] | None = None,
+                 still_runs: int | None = 8, still_above: float = 0.75) -> None:
         if confirm_runs < 1:
             raise ValueError("confirm_runs must be at least 1")
         if consensus_runs is not None and consensus_runs < 2:
@@ -73,6 +151,10 @@ class CaptionSmoother:
         self.min_hold_s = min_hold_s
         self.consensus_runs = consensus_runs or confirm_runs + 1
         self.consensus_threshold = consensus_threshold
+        self.similarity = similarity or word_similarity
+        if still_runs is not None and still_runs < 1:
+            raise ValueError("still_runs must be at least 1")
+        self.still_runs, self.still_above = still_runs, still_above
         self.reset()
 
     def reset(self) -> None:
@@ -82,7 +164,9 @@ class CaptionSmoother:
         self._cand: str | None = None
         self._cand_best: tuple[float, str] = (float("-inf"), "")
         self._cand_count = 0
-        self._unsupported: deque[tuple[str, float]] = deque(maxlen=self.consensus_runs)
+        self._unsupported: deque[tuple[str, float]] = deque(
+            maxlen=max(self.consensus_runs, self.still_runs or 0))
+        self.shown_picture = None
         self.changes = 0
 
     @property
@@ -90,22 +174,31 @@ class CaptionSmoother:
         """(candidate text, how many runs confirmed it so far)."""
         return self._cand, self._cand_count
 
-    def _show(self, text: str, score: float, t_s: float) -> tuple[str, bool]:
+    def _show(self, text: str, score: float, t_s: float, picture=None) -> tuple[str, bool]:
         self.shown, self.shown_since, self.shown_score = text, t_s, score
+        self.shown_picture = picture
         self._cand, self._cand_count, self._cand_best = None, 0, (float("-inf"), "")
         self._unsupported.clear()
         self.changes += 1
         return text, True
 
-    def _consensus(self) -> tuple[str, float] | None:
-        """The medoid of the recent unsupported captions when they agree and the shown one
-        does not agree with them; else None."""
-        recent = list(self._unsupported)
-        if len(recent) < self.consensus_runs:
+    def _still(self, picture) -> bool:
+        """Whether the picture is still the one the shown caption was made for."""
+        if self.still_runs is None or picture is None or self.shown_picture is None:
+            return False
+        ref = self.shown_picture
+        cos = float(ref.dot(picture)) if hasattr(ref, "dot") else sum(p * q for p, q in zip(ref, picture))
+        return cos >= self.still_above
+
+    def _consensus(self, runs: int) -> tuple[str, float] | None:
+        """The medoid of the last ``runs`` unsupported captions when they agree and the shown
+        one does not agree with them; else None."""
+        recent = list(self._unsupported)[-runs:]
+        if len(recent) < runs:
             return None
 
         def sims(text: str, skip: int | None = None) -> list[float]:
-            return [similarity(text, r[0]) for k, r in enumerate(recent) if k != skip]
+            return [self.similarity(text, r[0]) for k, r in enumerate(recent) if k != skip]
 
         def agreement(text: str, skip: int | None = None) -> float:
             values = sims(text, skip)
@@ -119,15 +212,16 @@ class CaptionSmoother:
             return None
         return text, score
 
-    def update(self, raw_text: str, score: float, t_s: float) -> tuple[str, bool]:
+    def update(self, raw_text: str, score: float, t_s: float, scene_change: bool = False,
+               picture=None) -> tuple[str, bool]:
         raw_text = raw_text.strip()
         if self.shown is None:
             if not raw_text:
                 return "", False
-            return self._show(raw_text, score, t_s)
+            return self._show(raw_text, score, t_s, picture)
         if not raw_text:
             return self.shown, False
-        sim_shown = similarity(raw_text, self.shown)
+        sim_shown = self.similarity(raw_text, self.shown)
         if sim_shown >= self.same_threshold:  # a rewording of what is shown
             self.shown_score = 0.7 * self.shown_score + 0.3 * score
             self._cand, self._cand_count = None, 0
@@ -135,7 +229,9 @@ class CaptionSmoother:
             self._unsupported.clear()
             return self.shown, False
         self._unsupported.append((raw_text, score))
-        if self._cand is not None and similarity(raw_text, self._cand) >= self.same_threshold:
+        if scene_change and t_s - self.shown_since >= self.min_hold_s:
+            return self._show(raw_text, score, t_s, picture)
+        if self._cand is not None and self.similarity(raw_text, self._cand) >= self.same_threshold:
             self._cand_count += 1
         else:
             self._cand, self._cand_count = raw_text, 1
@@ -144,12 +240,14 @@ class CaptionSmoother:
             self._cand_best = (score, raw_text)
         sure = ((self.confident_score is not None and score >= self.confident_score)
                 or (self.confident_margin is not None and score >= self.shown_score + self.confident_margin))
-        hard = sure and sim_shown <= self.hard_threshold and t_s - self.shown_since >= self.min_hold_s
-        if self._cand_count >= self.confirm_runs or hard:
-            return self._show(self._cand_best[1], self._cand_best[0], t_s)
-        consensus = self._consensus()
+        still = self._still(picture)
+        hard = (sure and not still and sim_shown <= self.hard_threshold
+                and t_s - self.shown_since >= self.min_hold_s)
+        if self._cand_count >= (self.still_runs if still else self.confirm_runs) or hard:
+            return self._show(self._cand_best[1], self._cand_best[0], t_s, picture)
+        consensus = self._consensus(self.still_runs if still else self.consensus_runs)
         if consensus is not None:
-            return self._show(consensus[0], consensus[1], t_s)
+            return self._show(consensus[0], consensus[1], t_s, picture)
         return self.shown, False
 
 

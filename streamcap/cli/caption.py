@@ -38,6 +38,25 @@ def attention_map_names(out: Path, paths: list[Path]) -> list[Path]:
     return names
 
 
+def objects_for(paths: list[Path], objects_file: Path) -> list[list[str]]:
+    """Each image's object labels from a ``streamcap segment --json`` file: matched by the path
+    as written (the same image arguments give the same strings), else by the resolved path."""
+    from streamcap.caption.guidance import object_labels, read_objects_file
+
+    records = read_objects_file(objects_file)
+    resolved = {str(Path(key).resolve()): objects for key, objects in records.items()}
+    out = []
+    for path in paths:
+        objects = records.get(str(path))
+        if objects is None:
+            objects = resolved.get(str(Path(path).resolve()))
+        if objects is None:
+            raise BadInputError(f"{objects_file} has no objects for image {path} (run streamcap segment "
+                                "--json on the same images)")
+        out.append(object_labels(objects))
+    return out
+
+
 def caption_command(
     images: List[str] = typer.Argument(..., help="Image files, folders or glob patterns."),
     beam: int = typer.Option(3, "--beam", min=1, max=20, help="Beam width (1 = greedy)."),
@@ -50,6 +69,11 @@ def caption_command(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     max_len: int = typer.Option(20, "--max-len", min=1, help="Longest caption in words."),
+    objects_from: Optional[Path] = typer.Option(
+        None, "--objects-from",
+        help="Objects per image as `streamcap segment --json` prints them (JSONL, matched by path): "
+             "the caption is guided toward the detected classes (score >= 0.5) and away from "
+             "object words no detection supports."),
 ) -> None:
     """Caption images with the CNN-LSTM caption model.
 
@@ -60,12 +84,15 @@ def caption_command(
       streamcap caption photos/ "more/*.png" --beam 5 --json > captions.jsonl
 
       streamcap caption dog.jpg --model my_caption.pt --attention-map dog_attention.png
+
+      streamcap segment photos/ --json > objects.jsonl; streamcap caption photos/ --objects-from objects.jsonl
     """
     from streamcap.caption.api import Captioner, read_image_rgb
     from streamcap.caption.attention_map import save_attention_map
 
     try:
         paths = expand_images(images)
+        labels = objects_for(paths, objects_from) if objects_from is not None else None
         check_device(device)
         captioner = Captioner(model=model, device=device, beam=beam, max_len=max_len)
         want_maps = attention_map is not None
@@ -74,11 +101,15 @@ def caption_command(
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             arrays = [read_image_rgb(p) for p in chunk]
-            results = captioner.caption_images(arrays, batch_size=batch_size, return_alphas=want_maps)
+            chunk_labels = None if labels is None else labels[start:start + batch_size]
+            results = captioner.caption_images(arrays, batch_size=batch_size, return_alphas=want_maps,
+                                               objects=chunk_labels)
             for i, (path, array, res) in enumerate(zip(chunk, arrays, results), start):
                 if as_json:
-                    typer.echo(json.dumps({"image": str(path), "caption": res.text,
-                                           "score": round(res.score, 4)}))
+                    row = {"image": str(path), "caption": res.text, "score": round(res.score, 4)}
+                    if labels is not None:
+                        row["objects"] = labels[i]
+                    typer.echo(json.dumps(row))
                 rows.append((path, res.text, res.score))
                 if want_maps:
                     save_attention_map(map_paths[i], array, res.tokens, res.alphas)
@@ -111,6 +142,14 @@ def bench_captions_command(
     confident_score: Optional[float] = typer.Option(None, "--confident-score",
                                                     help="Smoother: absolute score for an immediate hard change."),
     feature_ema: Optional[float] = typer.Option(None, "--feature-ema", help="Average encoder features (alpha)."),
+    window: int = typer.Option(3, "--window", min=1,
+                               help="Frames pooled per caption (sampled since the previous one; 1 = the due frame)."),
+    compare: str = typer.Option("meaning", "--compare",
+                                help="Smoother: compare captions by 'meaning' (the model's word embeddings) "
+                                     "or by 'words' (shared content words)."),
+    still_runs: int = typer.Option(8, "--still-runs", min=0,
+                                   help="Smoother: runs that must agree to change the caption while the "
+                                        "picture stays the same (0: off, --confirm-runs applies)."),
     beam: int = typer.Option(3, "--beam", min=1),
     cut_at: float = typer.Option(20.0, "--cut-at", help="Seconds of video before the hard cut."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
@@ -130,23 +169,29 @@ def bench_captions_command(
             raise BadInputError("no default media found; pass --video FILE and --still FILE")
         if not Path(video).is_file():
             raise BadInputError(f"video {video} does not exist")
-        captioner = Captioner(model=model, beam=beam, feature_ema=feature_ema)
+        if compare not in ("meaning", "words"):
+            raise BadInputError(f"--compare must be meaning or words, not {compare!r}")
+        captioner = Captioner(model=model, beam=beam, feature_ema=feature_ema, window=window)
+        similarity = captioner.word_vectors() if compare == "meaning" else None
         report = bench(captioner, video, still, interval,
                        lambda: CaptionSmoother(confirm_runs=confirm_runs, confident_margin=confident_margin,
-                                              confident_score=confident_score),
+                                              confident_score=confident_score, similarity=similarity,
+                                              still_runs=still_runs or None),
                        cut_at_s=cut_at)
     except StreamcapError as err:
         raise _fail(err)
     report["settings"] = {"model": str(captioner.checkpoint_path), "beam": beam, "interval_s": interval,
                           "confirm_runs": confirm_runs, "confident_margin": confident_margin,
                           "confident_score": confident_score,
-                          "feature_ema": feature_ema}
+                          "feature_ema": feature_ema, "window": window, "compare": compare,
+                          "still_runs": still_runs}
     if as_json:
         typer.echo(json.dumps(report))
         return
     f, r = report["flicker"], report["responsiveness"]
     typer.echo(f"flicker on {f['video']} ({f['duration_s']} s, {f['runs']} captions every {interval} s): "
-               f"raw {f['raw_changes_per_min']}/min, shown {f['shown_changes_per_min']}/min")
+               f"raw {f['raw_changes_per_min']}/min, shown {f['shown_changes_per_min']}/min; "
+               f"{f['caption_ms']} ms per caption (frames pooled: {window})")
     typer.echo(f"hard cut at {r['cut_at_s']} s to {r['still']}: raw caption changed after "
                f"{r['raw_latency_s']} s, shown after {r['shown_latency_s']} s "
                f"({r['shown_before_cut']!r} -> {r['shown_after_cut']!r})")
