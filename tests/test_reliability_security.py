@@ -183,17 +183,31 @@ def test_existing_video_needs_overwrite(tmp_path):
 # -- nothing read is evaluated ---------------------------------------------------------------------
 
 UNSAFE_CALLS = {"eval", "exec", "compile", "__import__"}
-UNSAFE_MODULES = {"pickle", "cPickle", "marshal", "shelve", "dill", "yaml"}
+UNSAFE_MODULES = {"pickle", "cPickle", "marshal", "shelve", "dill"}
+# PyYAML reads alert rules and cameras.yaml: only its safe loader may be used (checked below, and
+# by feeding both loaders a document that would run code under an unsafe one).
+UNSAFE_YAML = {"load_all", "full_load", "full_load_all", "unsafe_load", "unsafe_load_all", "Loader", "FullLoader",
+               "UnsafeLoader", "CLoader", "CFullLoader", "CUnsafeLoader"}
 
 
 def test_no_code_path_evaluates_data():
-    """No eval/exec, no pickle-family or YAML loader, torch.load only with weights_only=True,
-    no shell=True. (There is no config file: options come from the command line only.)"""
+    """No eval/exec, no pickle-family loader, YAML only through its safe loader, torch.load only
+    with weights_only=True, no shell=True."""
     problems = []
     for path in sorted((REPO / "streamcap").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         where = path.relative_to(REPO)
+        safe_loaders = {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
+                        and any(getattr(b, "attr", "") == "SafeLoader" for b in n.bases)}
         for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and getattr(node.value, "id", "") == "yaml" and node.attr in UNSAFE_YAML:
+                problems.append(f"{where}:{node.lineno} uses yaml.{node.attr}")
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load"
+                    and getattr(node.func.value, "id", "") == "yaml"):
+                loader = next((k.value for k in node.keywords if k.arg == "Loader"), None)
+                name = getattr(loader, "id", None) or getattr(loader, "attr", None)
+                if name not in ("SafeLoader", "CSafeLoader") and name not in safe_loaders:
+                    problems.append(f"{where}:{node.lineno} yaml.load without a safe loader")
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 for name in names:
@@ -216,3 +230,23 @@ def test_no_code_path_evaluates_data():
                 problems.append(f"{where}:{node.lineno} os.system")
     assert not problems, problems
     assert not list((REPO / "streamcap").rglob("*.yaml")) and not list((REPO / "streamcap").rglob("*.toml"))
+
+
+def test_yaml_files_cannot_run_code(tmp_path):
+    """Alert rules and cameras.yaml with a tag that makes an unsafe YAML loader call a function:
+    one clear error, and the function never runs."""
+    from streamcap.alerts.rules import load_rules
+    from streamcap.cluster.config import load
+    from streamcap.errors import BadInputError
+
+    marker = tmp_path / "ran"
+    evil = f"!!python/object/apply:os.system ['touch {marker}']"
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(f"rules:\n  - object: {evil}\n")
+    cams = tmp_path / "cameras.yaml"
+    cams.write_text(f"cameras:\n  - name: {evil}\n    url: rtsp://127.0.0.1:9/x\n")
+    for fn, path in ((load_rules, rules), (load, cams)):
+        with pytest.raises(BadInputError) as err:
+            fn(path)
+        assert "\n" not in str(err.value)
+    assert not marker.exists()
