@@ -58,7 +58,8 @@ def sample(decoder, feats: torch.Tensor, k: int, max_len: int, generator: torch.
     """K captions per image drawn from the decoder, with gradients.
 
     feats (B, L, C) -> tokens (B*K, T) (image b's samples are rows b*K .. b*K+K-1; after <end>
-    rows hold <pad>), logp (B*K, T) log-probability of each drawn token, mask (B*K, T) true for
+    rows hold <pad>), logp (B*K, T) log-probability of each drawn token under the distribution it
+    was drawn from, mask (B*K, T) true for
     drawn tokens up to and including <end>. <pad>, <start> and <unk> are never drawn, nor <end>
     as the first word.
     """
@@ -78,7 +79,7 @@ def sample(decoder, feats: torch.Tensor, k: int, max_len: int, generator: torch.
         if t == max_len:
             banned[:] = True
             banned[Vocab.end_id] = False
-        masked = log_probs.masked_fill(banned, _NEG_INF)
+        masked = log_probs.masked_fill(banned, _NEG_INF).log_softmax(dim=-1)  # renormalized over allowed
         with torch.no_grad():
             draw = torch.multinomial(masked.float().exp(), 1, generator=generator).squeeze(1)  # (R,)
         draw = torch.where(alive, draw, torch.full_like(draw, Vocab.pad_id))
@@ -209,8 +210,9 @@ def train_scst(tr: Trainer) -> dict:
     greedy_r: list[float] = []
 
     def extra():
+        greedy_known = [g for g in greedy_r[-50:] if g == g]  # nan with the mean baseline
         return {"train_reward": float(np.mean(sample_r[-50:])) if sample_r else None,
-                "train_greedy_reward": float(np.nanmean(greedy_r[-50:])) if greedy_r else None}
+                "train_greedy_reward": float(np.mean(greedy_known)) if greedy_known else None}
 
     stop = tr.step >= tr.total_steps
     with Progress(not args.no_progress, tr.total_steps, tr.step, label="scst") as prog:
@@ -228,8 +230,10 @@ def train_scst(tr: Trainer) -> dict:
                 greedy_r.append(g)
                 tr.log_step(prog, rate.add(len(rows)))
                 if args.no_progress and tr.step % 10 == 0:
+                    greedy_part = ("" if args.scst_baseline != "greedy" else
+                                   f", greedy {np.mean(greedy_r[-10:]):.3f}")
                     print(f"step {tr.step}/{tr.total_steps}: train CIDEr-D of samples "
-                          f"{np.mean(sample_r[-10:]):.3f}, greedy {np.nanmean(greedy_r[-10:]):.3f}; "
+                          f"{np.mean(sample_r[-10:]):.3f}{greedy_part}; "
                           f"{time.time() - tr.t_start:.0f} s", flush=True)
                 if args.eval_every and tr.step % args.eval_every == 0 and bi != len(batches) - 1:
                     if tr.evaluate(tr.recent_loss(), prog, extra()):
