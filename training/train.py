@@ -192,16 +192,16 @@ def load_resume(args) -> dict | None:
 
 
 def validate(args) -> None:
-    if args.fine_tune_blocks > 0 and args.project_dim:
-        raise BadInputError("--fine-tune-blocks cannot be combined with --project-dim")
-    if args.fine_tune_blocks > 0 and args.average_last:
-        raise BadInputError("--fine-tune-blocks cannot be combined with --average-last")
     if args.scst:
         from training.scst import validate_scst
 
         validate_scst(args)
     elif args.init is not None:
         raise BadInputError("--init is for --scst (a cross-entropy run starts from scratch or --resume)")
+    if args.fine_tune_blocks > 0 and args.project_dim:
+        raise BadInputError("--fine-tune-blocks cannot be combined with --project-dim")
+    if args.fine_tune_blocks > 0 and args.average_last:
+        raise BadInputError("--fine-tune-blocks cannot be combined with --average-last")
 
 
 def setup_xe(args, resume) -> Trainer:
