@@ -11,6 +11,8 @@ CaptionDecoder with feature_dim=C that gives the same outputs on unprojected fea
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -77,3 +79,51 @@ def fold(decoder: CaptionDecoder, P: np.ndarray) -> CaptionDecoder:
             dst[k] = v
     big.load_state_dict(dst)
     return big.train(decoder.training)
+
+
+@torch.no_grad()
+def unfold(decoder: CaptionDecoder, P: np.ndarray) -> tuple[CaptionDecoder, float]:
+    """The inverse of ``fold``: a feature_dim=D decoder for x @ P from a feature_dim=C one.
+
+    Each weight W (out, C) that reads the features becomes W P (P^T P)^-1 (least squares). That
+    is exact when the rows of W lie in the span of P, as they do for a decoder folded from this
+    projection; the returned relative residual |W - W_D P^T| / |W| over those weights says how
+    far from exact it is. The decoder's context gate must be fixed open (as ``fold`` leaves it).
+    """
+    from streamcap.errors import BadInputError
+
+    Pt = torch.from_numpy(P).to(torch.float64)  # (C, D)
+    C, D = Pt.shape
+    cfg = decoder.cfg
+    if cfg.feature_dim != C:
+        raise BadInputError(f"the decoder takes {cfg.feature_dim} channels, the projection {C}")
+    src = {k: v.detach().double().cpu() for k, v in decoder.state_dict().items()}
+    if cfg.attention and not (bool((src["f_beta.weight"] == 0).all())
+                              and bool((torch.sigmoid(src["f_beta.bias"].float()) == 1).all())):
+        raise BadInputError("this decoder's context gate is not fixed open (it was not trained with "
+                            "--project-dim): train it without --project-dim")
+    pinv = Pt @ torch.linalg.inv(Pt.T @ Pt)  # (C, D)
+    E = cfg.embed_dim
+    dst, err, norm = {}, 0.0, 0.0
+
+    def reduce(w):
+        nonlocal err, norm
+        small = w @ pinv  # (out, D)
+        err += float(((w - small @ Pt.T) ** 2).sum())
+        norm += float((w ** 2).sum())
+        return small
+
+    for k, v in src.items():
+        if k in ("init_h.weight", "init_c.weight", "enc_att.weight", "out_z.weight"):
+            dst[k] = reduce(v)
+        elif k == "lstm.weight_ih":
+            dst[k] = torch.cat([v[:, :E], reduce(v[:, E:])], dim=1)  # (4H, E + D)
+        elif k == "f_beta.weight":
+            dst[k] = torch.zeros(D, v.shape[1], dtype=v.dtype)
+        elif k == "f_beta.bias":
+            dst[k] = torch.full((D,), GATE_BIAS, dtype=v.dtype)
+        else:
+            dst[k] = v
+    small_dec = CaptionDecoder(CaptionModelConfig(**{**cfg.__dict__, "feature_dim": D}))
+    small_dec.load_state_dict({k: v.float() for k, v in dst.items()})
+    return small_dec.train(decoder.training), math.sqrt(err / max(norm, 1e-30))

@@ -12,12 +12,9 @@ curves.png (loss and dev metrics), run.json (arguments and command).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
-import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,9 @@ import torch
 
 from streamcap.errors import BadInputError, StreamcapError
 from training.datasets import FORMAT_HELP, FORMATS, load_captions, make_splits
-from training.data import clean, encode_captions, epoch_batches, flip_swap_table
+from training.data import clean, encode_captions
+from training.trainer import (Progress, Rate, Trainer, evaluate_greedy, export_small,  # noqa: F401
+                              lr_factor, pick_device, plot_curves)
 
 DEFAULT_CACHE = Path.home() / ".cache" / "streamcap" / "features"
 
@@ -95,25 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", type=Path, help="resume.pt (or its run folder) to continue from")
     g.add_argument("--export", type=Path, help="also write best weights as a small fp16 checkpoint here")
     g.add_argument("--no-progress", action="store_true", help="plain log lines instead of bars")
+    g = p.add_argument_group("self-critical sequence training (training/scst.py)")
+    g.add_argument("--scst", action="store_true",
+                   help="fine-tune a trained decoder with the CIDEr-D reward (needs --init, or "
+                        "--resume of an SCST run); --out is a new run folder")
+    g.add_argument("--init", type=Path, help="caption checkpoint (best.pt or an exported .pt) to start SCST from")
+    g.add_argument("--scst-epochs", type=int, default=10)
+    g.add_argument("--scst-lr", type=float, default=5e-5)
+    g.add_argument("--scst-images", type=int, default=50, help="images per SCST step")
+    g.add_argument("--scst-samples", type=int, default=5, help="sampled captions per image")
+    g.add_argument("--scst-baseline", choices=("greedy", "mean"), default="greedy",
+                   help="reward baseline: the greedy caption's CIDEr-D (Rennie et al.) or the "
+                        "mean reward of the image's other samples")
+    g.add_argument("--scst-max-len", type=int, default=16, help="longest sampled caption (words)")
     return p
-
-
-# ----------------------------------------------------------------------------------------
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInputError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str, floor: float) -> float:
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def seed_everything(seed: int) -> None:
@@ -173,363 +167,168 @@ class Prepared:
         self.feature_dim = self.train_feats.shape[2]
 
 
-def evaluate_greedy(decoder, feats: np.ndarray, refs, vocab, device, max_len: int,
-                    batch: int = 250) -> tuple[dict, list[list[str]]]:
-    from streamcap.caption.decode import greedy
-    from training.metrics import all_metrics
+def load_resume(args) -> dict | None:
+    """The saved state of --resume (also sets args.vocab / args.projection), or None."""
+    from streamcap.caption.vocab import Vocab
 
-    decoder.eval()
-    hyps = []
-    for s in range(0, len(feats), batch):
-        f = torch.from_numpy(feats[s:s + batch].astype(np.float32)).to(device)
-        hyps.extend(vocab.decode_tokens(ids) for ids, _ in greedy(decoder, f, max_len=max_len))
-    decoder.train()
-    return all_metrics(hyps, refs), hyps
-
-
-def plot_curves(rows: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    steps = [r["step"] for r in rows]
-    ax[0].plot(steps, [r["train_loss"] for r in rows], label="train loss")
-    ax[0].set_xlabel("step"), ax[0].set_ylabel("loss"), ax[0].legend()
-    for key in ("cider_d", "bleu4"):
-        ax[1].plot(steps, [r.get(key, float("nan")) for r in rows], marker="o", label=f"dev {key}")
-    ax[1].set_xlabel("step"), ax[1].legend(), ax[1].set_title("dev, greedy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    if args.resume is None:
+        return None
+    rpath = args.resume / "resume.pt" if args.resume.is_dir() else args.resume
+    if not rpath.is_file():
+        raise BadInputError(f"--resume {rpath}: no such file")
+    resume = torch.load(rpath, map_location="cpu", weights_only=True)
+    args.vocab = Vocab.from_dict(resume["vocab"])
+    if resume.get("projection") is not None:
+        args.projection = resume["projection"].numpy()
+    if int(resume.get("fine_tune_blocks", 0)) != args.fine_tune_blocks:
+        raise BadInputError(f"--resume {rpath} was trained with --fine-tune-blocks "
+                            f"{int(resume.get('fine_tune_blocks', 0))}; pass the same value")
+    objective = resume.get("objective", "xe")
+    if objective != ("scst" if args.scst else "xe"):
+        kind = "an SCST" if objective == "scst" else "a cross-entropy"
+        raise BadInputError(f"--resume {rpath} is {kind} run; "
+                            f"{'add' if objective == 'scst' else 'drop'} --scst")
+    return resume
 
 
-def export_small(src: Path, dst: Path) -> Path:
-    """Copy a checkpoint with an fp16 state dict (it loads back as float)."""
-    ckpt = torch.load(src, map_location="cpu", weights_only=True)
-    def small(v: torch.Tensor) -> torch.Tensor:
-        if not v.is_floating_point():
-            return v
-        v = v.half()
-        if v.numel() > 1 and bool((v == v.reshape(-1)[0]).all()):
-            # a constant tensor (the projection-trained decoder's open gate weights are all 0):
-            # stored as one element expanded (stride 0); load_state_dict copies it out in full
-            return v.reshape(-1)[:1].clone().expand(v.shape)
-        return v
+def validate(args) -> None:
+    if args.scst:
+        from training.scst import validate_scst
 
-    ckpt["state_dict"] = {k: small(v) for k, v in ckpt["state_dict"].items()}
-    ckpt["train_info"] = dict(ckpt.get("train_info") or {}, state_dict_dtype="float16")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(dst)
-    return dst
+        validate_scst(args)
+    elif args.init is not None:
+        raise BadInputError("--init is for --scst (a cross-entropy run starts from scratch or --resume)")
+    if args.fine_tune_blocks > 0 and args.project_dim:
+        raise BadInputError("--fine-tune-blocks cannot be combined with --project-dim")
+    if args.fine_tune_blocks > 0 and args.average_last:
+        raise BadInputError("--fine-tune-blocks cannot be combined with --average-last")
 
 
-class Progress:
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.bar = None
-        if enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RP, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+def setup_xe(args, resume) -> Trainer:
+    """Data, decoder, optimizer for cross-entropy training (teacher forcing)."""
+    from streamcap.caption.model import CaptionDecoder, CaptionModelConfig
 
-            self.bar = RP(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s  "
-                                     "lr {task.fields[lr]:.2e}"),
-                          TimeElapsedColumn(), TimeRemainingColumn())
-            self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"),
-                                          ips=0.0, lr=0.0)
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    prep = Prepared(args, log=lambda m: print(m, flush=True))
+    encoder = None
+    if args.fine_tune_blocks > 0:
+        from training import finetune as ft
 
-    def __enter__(self):
-        if self.bar:
-            self.bar.__enter__()
-        return self
+        encoder = ft.build_finetune_encoder(args.encoder, args.fine_tune_blocks, device)
+        if resume is not None:
+            encoder.load_state_dict(resume["encoder_state"])
+        prep.feature_dim = encoder.out_channels
+        prep.dev_feats = ft.OnTheFlyFeatures(encoder, args.images, prep.dev_images,
+                                             args.image_size, device)
+    cfg = CaptionModelConfig(vocab_size=len(prep.vocab), feature_dim=prep.feature_dim,
+                             embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+                             attention_dim=args.attention_dim, dropout=args.dropout,
+                             attention=not args.no_attention)
+    if resume is not None:
+        cfg = CaptionModelConfig(**resume["model_args"])
+    decoder = CaptionDecoder(cfg).to(device).train()
+    if prep.projection is not None:
+        from training.project import open_gate
 
-    def __exit__(self, *exc):
-        if self.bar:
-            self.bar.__exit__(*exc)
+        open_gate(decoder)
+    steps_per_epoch = math.ceil(len(prep.encoded.ids) / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    tr = Trainer(args, prep, decoder, device, "xe", args.lr, total_steps, args.warmup_steps,
+                 encoder=encoder, projection=prep.projection, resume=resume)
+    tr.steps_per_epoch = steps_per_epoch
+    return tr
 
-    def update(self, step, loss, ips, lr):
-        if self.bar:
-            self.bar.update(self.task, completed=step, loss=loss, ips=ips, lr=lr)
 
-    def log(self, msg):
-        if self.bar:
-            self.bar.console.log(msg)
-        else:
-            print(msg, flush=True)
+def xe_batch(tr: Trainer, rows: np.ndarray, gen: torch.Generator, feats_all, flips, ids_all, owners):
+    """Features (B, L, C) and captions (B, T) of one batch of caption rows, augmented."""
+    args, prep = tr.args, tr.prep
+    rows_t = torch.from_numpy(rows)
+    img = owners[rows_t]
+    caps = ids_all[rows_t][:, :int(prep.encoded.lengths[rows].max())]  # (B, T) trimmed to the longest
+    if tr.encoder is not None:  # encode the batch's distinct images, with gradients
+        from training import finetune as ft
+
+        uniq, inv = torch.unique(img, return_inverse=True)
+        flip = (torch.rand(len(uniq), generator=gen) < 0.5 if args.flip_aug
+                else torch.zeros(len(uniq), dtype=torch.bool))
+        x = ft.load_images(args.images, [prep.train_images[i] for i in uniq.tolist()],
+                           args.image_size, flip.tolist()).to(tr.device)
+        caps = torch.where(flip[inv][:, None], tr.swap[caps], caps)
+        with tr.autocast():
+            feats = ft.encode(tr.encoder, x)[inv.to(tr.device)]  # (B, L, C)
+    else:
+        feats = feats_all[img]  # (B, L, C) float16
+    if flips is not None:
+        use = torch.rand(len(rows), generator=gen) < 0.5
+        if use.any():
+            feats = torch.where(use[:, None, None], flips[img], feats)
+            caps = torch.where(use[:, None], tr.swap[caps], caps)
+    return feats.to(tr.device).float(), caps.to(tr.device)
+
+
+def train_xe(tr: Trainer) -> dict:
+    """Cross-entropy training with teacher forcing, label smoothing and attention regularization."""
+    from streamcap.caption.model import caption_loss
+    from training.data import epoch_batches
+
+    args, prep = tr.args, tr.prep
+    n_caps = len(prep.encoded.ids)
+    feats_all = torch.from_numpy(prep.train_feats) if tr.encoder is None else None
+    flips = torch.from_numpy(prep.flip_feats) if prep.flip_feats is not None else None
+    ids_all = torch.from_numpy(prep.encoded.ids)
+    owners = torch.from_numpy(prep.encoded.image_index)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + tr.step)
+    rate = Rate()
+    stop = tr.step >= tr.total_steps
+    with Progress(not args.no_progress, tr.total_steps, tr.step) as prog:
+        while not stop:
+            batches = epoch_batches(n_caps, prep.encoded.lengths, args.batch_size, args.seed, tr.epoch)
+            skip = tr.step - tr.epoch * tr.steps_per_epoch  # batches of this epoch already done
+            for bi, rows in enumerate(batches):
+                if bi < skip:
+                    continue
+                feats, caps = xe_batch(tr, rows, gen, feats_all, flips, ids_all, owners)
+                tr.set_lr()
+                with tr.autocast():
+                    logits, alphas = tr.decoder(feats, caps)  # (B, T-1, V), (B, T-1, L)
+                loss = caption_loss(logits.float(), caps, alphas.float(), tr.vocab.pad_id,
+                                    args.alpha_c, args.label_smoothing)
+                tr.optimizer_step(loss)
+                tr.log_step(prog, rate.add(len(rows)))
+                if args.eval_every and tr.step % args.eval_every == 0 and bi != len(batches) - 1:
+                    if tr.evaluate(tr.recent_loss(), prog):
+                        stop = True
+                        break
+                if tr.step >= tr.total_steps:
+                    stop = True
+                    if bi == len(batches) - 1:
+                        tr.epoch += 1
+                    break
+            else:
+                tr.epoch += 1
+            if not tr.evaluated_now() and tr.evaluate(tr.recent_loss(), prog):
+                stop = True
+            if tr.epoch >= args.epochs:
+                stop = True
+    return tr.finish()
 
 
 def train(args) -> dict:
-    from streamcap.caption.checkpoint import save_checkpoint
-    from streamcap.caption.model import CaptionDecoder, CaptionModelConfig, caption_loss
-    from streamcap.caption.vocab import Vocab
-
     old_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        validate(args)
         args.out.mkdir(parents=True, exist_ok=True)
-        device = pick_device(args.device)
-        finetune = args.fine_tune_blocks > 0
-        if finetune and args.project_dim:
-            raise BadInputError("--fine-tune-blocks cannot be combined with --project-dim")
-        if finetune and args.average_last:
-            raise BadInputError("--fine-tune-blocks cannot be combined with --average-last")
-        resume = None
-        if args.resume is not None:
-            rpath = args.resume / "resume.pt" if args.resume.is_dir() else args.resume
-            if not rpath.is_file():
-                raise BadInputError(f"--resume {rpath}: no such file")
-            resume = torch.load(rpath, map_location="cpu", weights_only=True)
-            args.vocab = Vocab.from_dict(resume["vocab"])
-            if resume.get("projection") is not None:
-                args.projection = resume["projection"].numpy()
-            if int(resume.get("fine_tune_blocks", 0)) != args.fine_tune_blocks:
-                raise BadInputError(f"--resume {rpath} was trained with --fine-tune-blocks "
-                                    f"{int(resume.get('fine_tune_blocks', 0))}; pass the same value")
-        seed_everything(args.seed)
-        prep = Prepared(args, log=lambda m: print(m, flush=True))
-        vocab = prep.vocab
-        encoder = None
-        if finetune:
-            from training import finetune as ft
+        resume = load_resume(args)
+        if args.scst:
+            from training.scst import setup_scst, train_scst
 
-            encoder = ft.build_finetune_encoder(args.encoder, args.fine_tune_blocks, device)
-            if resume is not None:
-                encoder.load_state_dict(resume["encoder_state"])
-            prep.feature_dim = encoder.out_channels
-            prep.dev_feats = ft.OnTheFlyFeatures(encoder, args.images, prep.dev_images,
-                                                 args.image_size, device)
-        cfg = CaptionModelConfig(vocab_size=len(vocab), feature_dim=prep.feature_dim,
-                                 embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
-                                 attention_dim=args.attention_dim, dropout=args.dropout,
-                                 attention=not args.no_attention)
-        if resume is not None:
-            cfg = CaptionModelConfig(**resume["model_args"])
-        decoder = CaptionDecoder(cfg).to(device).train()
-        if prep.projection is not None:
-            from training.project import fold, open_gate
-
-            open_gate(decoder)
-        encoder_feature_dim = (prep.projection.shape[0] if prep.projection is not None
-                               else cfg.feature_dim)
-
-        def shippable(dec):
-            """The decoder to save: projection folded in, so it takes raw encoder features."""
-            return fold(dec, prep.projection) if prep.projection is not None else dec
-        trainable = [(n, p) for n, p in decoder.named_parameters() if p.requires_grad]
-        decay = [p for n, p in trainable if p.dim() > 1 and "embed" not in n]
-        no_decay = [p for n, p in trainable if not (p.dim() > 1 and "embed" not in n)]
-        groups = [{"params": decay, "weight_decay": args.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        base_lrs = [args.lr, args.lr]
-        if encoder is not None:  # third group: the encoder's unfrozen blocks
-            groups.append({"params": ft.trainable_params(encoder), "weight_decay": args.weight_decay})
-            base_lrs.append(args.encoder_lr)
-        opt = torch.optim.AdamW(groups, lr=args.lr)
-        clip_params = [p for g in groups for p in g["params"]]
-        encoder_state = (lambda: encoder.state_dict()) if encoder is not None else (lambda: None)
-        use_cuda_amp = args.amp == "auto" and device.type == "cuda"
-        amp_dtype = torch.float16 if use_cuda_amp else (torch.bfloat16 if args.amp == "bf16" else None)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
-
-        n_caps = len(prep.encoded.ids)
-        steps_per_epoch = math.ceil(n_caps / args.batch_size)
-        total_steps = steps_per_epoch * args.epochs
-        if args.max_steps:
-            total_steps = min(total_steps, args.max_steps)
-        step, epoch, best, bad_evals = 0, 0, -1.0, 0
-        history: list[dict] = []
-        recent_states: list[dict] = []
-        if resume is not None:
-            decoder.load_state_dict(resume["state_dict"])
-            opt.load_state_dict(resume["optimizer"])
-            scaler.load_state_dict(resume.get("scaler", {}) or scaler.state_dict())
-            step, epoch = int(resume["step"]), int(resume["epoch"])
-            best, bad_evals = float(resume["best"]), int(resume["bad_evals"])
-            history = list(resume.get("history", []))
-            torch.set_rng_state(resume["torch_rng"])
-            print(f"resumed from {args.resume} at step {step} (epoch {epoch}), best dev "
-                  f"{args.metric} {best:.4f}", flush=True)
-        swap = torch.from_numpy(flip_swap_table(vocab))
-        run_info = {"argv": sys.argv, "command": "python -m training.train " + " ".join(
-            shlex.quote(a) for a in sys.argv[1:]), "args": {k: str(v) for k, v in vars(args).items()
-                                                             if k != "vocab"}}
-        (args.out / "run.json").write_text(json.dumps(run_info, indent=1))
-        metrics_path = args.out / "metrics.jsonl"
-        if resume is None and metrics_path.exists():
-            metrics_path.unlink()
-
-        def train_info(extra=None):
-            info = {"step": step, "epoch": epoch, "dataset": args.dataset, "encoder": args.encoder,
-                    "best_dev": best, "metric": args.metric, "max_len": args.max_len,
-                    "min_count": args.min_count, "train_images": len(prep.train_images),
-                    "dev_images": len(prep.dev_images), "command": run_info["command"],
-                    "trained_feature_dim": cfg.feature_dim, "feature_dim": encoder_feature_dim,
-                    "fine_tune_blocks": args.fine_tune_blocks}
-            info.update(extra or {})
-            return info
-
-        def save_resume():
-            torch.save({"state_dict": {k: v.cpu() for k, v in decoder.state_dict().items()},
-                        "model_args": cfg.__dict__, "vocab": vocab.to_dict(),
-                        "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                        "step": step, "epoch": epoch, "best": best, "bad_evals": bad_evals,
-                        "history": history, "torch_rng": torch.get_rng_state(),
-                        "projection": (None if prep.projection is None
-                                       else torch.from_numpy(prep.projection)),
-                        "fine_tune_blocks": args.fine_tune_blocks,
-                        "encoder_state": (None if encoder is None else
-                                          {k: v.cpu() for k, v in encoder.state_dict().items()})},
-                       args.out / "resume.pt.tmp")
-            (args.out / "resume.pt.tmp").replace(args.out / "resume.pt")
-
-        def do_eval(train_loss: float, t_start: float, prog) -> bool:
-            """Evaluate, log, checkpoint; True when early stopping says stop."""
-            nonlocal best, bad_evals
-            m, hyps = evaluate_greedy(decoder, prep.dev_feats, prep.dev_refs, vocab, device, args.max_len)
-            row = {"step": step, "epoch": epoch, "train_loss": train_loss,
-                   "lr": opt.param_groups[0]["lr"], "elapsed_s": round(time.time() - t_start, 1), **m,
-                   "sample": " ".join(hyps[0])}
-            history.append(row)
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            plot_curves(history, args.out / "curves.png")
-            if args.average_last:
-                recent_states.append({k: v.detach().cpu().clone() for k, v in decoder.state_dict().items()})
-                del recent_states[:-args.average_last]
-            improved = m[args.metric] > best
-            if improved:
-                best, bad_evals = m[args.metric], 0
-                save_checkpoint(args.out / "best.pt", shippable(decoder), vocab, args.encoder,
-                                train_info(train_info_metrics(m)), encoder_state=encoder_state(),
-                                input_size=args.image_size)
-            else:
-                bad_evals += 1
-            save_checkpoint(args.out / "last.pt", shippable(decoder), vocab, args.encoder,
-                            train_info(train_info_metrics(m)), encoder_state=encoder_state(),
-                            input_size=args.image_size)
-            save_resume()
-            prog.log(f"step {step} epoch {epoch}: loss {train_loss:.3f}  dev BLEU-4 {m['bleu4']:.4f} "
-                     f"CIDEr-D {m['cider_d']:.4f}  {'*best*' if improved else f'({bad_evals} w/o gain)'}"
-                     f"  e.g. '{row['sample']}'")
-            return bad_evals >= args.patience
-
-        def train_info_metrics(m):
-            return {"dev_" + k: v for k, v in m.items()}
-
-        t_start = time.time()
-        start_step = step
-        stop = step >= total_steps
-        seen_images, t_rate, running = 0, time.time(), []
-        feats_all = torch.from_numpy(prep.train_feats) if encoder is None else None
-        flips = torch.from_numpy(prep.flip_feats) if prep.flip_feats is not None else None
-        ids_all = torch.from_numpy(prep.encoded.ids)
-        owners = torch.from_numpy(prep.encoded.image_index)
-        gen = torch.Generator().manual_seed(args.seed * 1000 + step)
-        with Progress(not args.no_progress, total_steps, step) as prog:
-            while not stop:
-                batches = epoch_batches(n_caps, prep.encoded.lengths, args.batch_size, args.seed, epoch)
-                skip = step - epoch * steps_per_epoch  # batches of this epoch already done
-                for bi, rows in enumerate(batches):
-                    if bi < skip:
-                        continue
-                    rows_t = torch.from_numpy(rows)
-                    img = owners[rows_t]
-                    caps = ids_all[rows_t]
-                    T = int(prep.encoded.lengths[rows].max())
-                    caps = caps[:, :T]  # (B, T) trimmed to the longest in the batch
-                    if encoder is not None:  # encode the batch's distinct images, with gradients
-                        uniq, inv = torch.unique(img, return_inverse=True)
-                        flip = (torch.rand(len(uniq), generator=gen) < 0.5 if args.flip_aug
-                                else torch.zeros(len(uniq), dtype=torch.bool))
-                        x = ft.load_images(args.images, [prep.train_images[i] for i in uniq.tolist()],
-                                           args.image_size, flip.tolist()).to(device)
-                        caps = torch.where(flip[inv][:, None], swap[caps], caps)
-                        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                            enabled=amp_dtype is not None):
-                            feats = ft.encode(encoder, x)[inv.to(device)]  # (B, L, C)
-                    else:
-                        feats = feats_all[img]  # (B, L, C) float16
-                    if flips is not None:
-                        use = torch.rand(len(rows), generator=gen) < 0.5
-                        if use.any():
-                            feats = torch.where(use[:, None, None], flips[img], feats)
-                            caps = torch.where(use[:, None], swap[caps], caps)
-                    feats = feats.to(device).float()
-                    caps = caps.to(device)
-                    factor = lr_factor(step, total_steps, args.warmup_steps, args.schedule,
-                                       args.min_lr_ratio)
-                    for g, base in zip(opt.param_groups, base_lrs):
-                        g["lr"] = base * factor
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                        enabled=amp_dtype is not None):
-                        logits, alphas = decoder(feats, caps)  # (B, T-1, V), (B, T-1, L)
-                    loss = caption_loss(logits.float(), caps, alphas.float(), vocab.pad_id,
-                                        args.alpha_c, args.label_smoothing)
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if args.clip > 0:
-                        scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_(clip_params, args.clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    step += 1
-                    running.append(loss.item())
-                    seen_images += len(rows)
-                    now = time.time()
-                    ips = seen_images / max(1e-6, now - t_rate)
-                    if now - t_rate > 30:
-                        seen_images, t_rate = 0, now
-                    prog.update(step, float(np.mean(running[-50:])), ips, opt.param_groups[0]["lr"])
-                    if args.no_progress and step % 50 == 0:
-                        print(f"step {step}/{total_steps} loss {np.mean(running[-50:]):.3f} "
-                              f"{ips:.0f} img/s", flush=True)
-                    if args.eval_every and step % args.eval_every == 0 and bi != len(batches) - 1:
-                        if do_eval(float(np.mean(running[-200:])), t_start, prog):
-                            stop = True
-                            break
-                    if step >= total_steps:
-                        stop = True
-                        if bi == len(batches) - 1:
-                            epoch += 1
-                        break
-                else:
-                    epoch += 1
-                if not history or history[-1]["step"] != step:
-                    if do_eval(float(np.mean(running[-200:] or [float("nan")])), t_start, prog):
-                        stop = True
-                if epoch >= args.epochs:
-                    stop = True
-        result = {"step": step, "epoch": epoch, "best_dev": best, "metric": args.metric,
-                  "train_seconds": round(time.time() - t_start, 1), "out": str(args.out),
-                  "start_step": start_step,
-                  "loss_start": float(np.mean(running[:5])) if running else None,
-                  "loss_end": float(np.mean(running[-5:])) if running else None}
-        if args.average_last and len(recent_states) > 1:
-            avg = {k: sum(s[k].float() for s in recent_states) / len(recent_states)
-                   for k in recent_states[0]}
-            decoder.load_state_dict(avg)
-            m, _ = evaluate_greedy(decoder, prep.dev_feats, prep.dev_refs, vocab, device, args.max_len)
-            result["averaged"] = {"n": len(recent_states), **m}
-            print(f"average of the last {len(recent_states)} evaluated weights: dev BLEU-4 "
-                  f"{m['bleu4']:.4f} CIDEr-D {m['cider_d']:.4f} (best single {best:.4f})", flush=True)
-            if m[args.metric] > best:
-                best = m[args.metric]
-                save_checkpoint(args.out / "best.pt", shippable(decoder), vocab, args.encoder,
-                                train_info({"averaged_last": len(recent_states),
-                                            **train_info_metrics(m)}), input_size=args.image_size)
-                result["best_dev"] = best
-        if args.export and (args.out / "best.pt").is_file():
-            export_small(args.out / "best.pt", args.export)
-            result["export"] = str(args.export)
-        (args.out / "result.json").write_text(json.dumps(result, indent=1))
-        print(json.dumps(result), flush=True)
-        return result
+            return train_scst(setup_scst(args, resume))
+        return train_xe(setup_xe(args, resume))
     finally:
         torch.set_num_threads(old_threads)
 
