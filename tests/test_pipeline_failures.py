@@ -109,12 +109,12 @@ def test_live_caption_worker_takes_the_newest_frame_and_the_schedule_counts_only
     name = p.readers[0].cfg.name
     for i in range(5):  # processed while the caption worker was busy: only the newest is kept
         p.captions.offer(Frame(name, i, i / 10, 0.0, image))
-    frame, _ = p.captions._next_caption_frame(0)
-    assert frame.index == 4
+    (frame, det), _ = p.captions._next_caption_frame(0)  # the frame and its detections (None here)
+    assert frame.index == 4 and det is None
     assert schedules[0].fired == [4]  # the frames passed over are not counted
     for i in (5, 6):
         p.captions.offer(Frame(name, i, i / 10, 0.0, image))
-    assert p.captions._next_caption_frame(0)[0].index == 6  # 6 - 4 >= 2: due
+    assert p.captions._next_caption_frame(0)[0][0].index == 6  # 6 - 4 >= 2: due
     p.captions.offer(Frame(name, 7, 0.7, 0.0, image))
     assert p.captions._next_caption_frame(0)[0] is None  # 7 - 6 < 2: not due, and dropped
     assert schedules[0].fired == [4, 6]

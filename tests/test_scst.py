@@ -84,7 +84,7 @@ def cross_entropy_start(prep):
     return decoder
 
 
-def run_scst(tmp_path, baseline):
+def run_scst(tmp_path, baseline, **options):
     from training.metrics import CiderD
     from training.scst import train_scst
     from training.trainer import Trainer
@@ -92,7 +92,7 @@ def run_scst(tmp_path, baseline):
     prep = tiny_set(tmp_path)
     decoder = cross_entropy_start(prep)
     before = greedy_captions(decoder, prep.train_feats, prep.vocab)
-    args = scst_args(tmp_path, scst_baseline=baseline)
+    args = scst_args(tmp_path, scst_baseline=baseline, **options)
     torch.manual_seed(0)
     tr = Trainer(args, prep, decoder, torch.device("cpu"), "scst", args.scst_lr, 20, 0)
     tr.steps_per_epoch = 2
@@ -101,9 +101,10 @@ def run_scst(tmp_path, baseline):
     return before, greedy_captions(decoder, prep.train_feats, prep.vocab), result, tr
 
 
-@pytest.mark.parametrize("baseline", ["greedy", "mean"])
-def test_scst_makes_the_greedy_caption_the_one_cider_prefers(tmp_path, baseline, one_thread):
-    before, after, result, tr = run_scst(tmp_path, baseline)
+@pytest.mark.parametrize("baseline, options", [("greedy", {}), ("mean", {}),
+                                               ("mean", {"scst_dropout": "off", "scst_temperature": 0.7})])
+def test_scst_makes_the_greedy_caption_the_one_cider_prefers(tmp_path, baseline, options, one_thread):
+    before, after, result, tr = run_scst(tmp_path, baseline, **options)
     assert before == TARGETS[1:] + TARGETS[:1]  # cross-entropy learnt the majority caption
     assert after == TARGETS
     assert result["objective"] == "scst" and result["step"] == 20
@@ -121,6 +122,12 @@ def test_sample_masks_after_end_and_never_draws_specials():
                                             attention_dim=8, dropout=0.0))
     feats = torch.randn(3, 4, 6)
     tokens, logp, mask = sample(dec, feats, k=5, max_len=4, generator=torch.Generator().manual_seed(1))
+    cold, cold_logp, _ = sample(dec, feats, k=5, max_len=4, generator=torch.Generator().manual_seed(1),
+                                temperature=1e-3)
+    dec.eval()
+    from streamcap.caption.decode import greedy
+    best = [ids for ids, _ in greedy(dec, feats, max_len=4)]
+    assert [row[:len(b)] for row, b in zip(cold.tolist()[::5], best)] == best  # T -> 0: the greedy caption
     assert tokens.shape[0] == 15 and tokens.shape[1] <= 5 and logp.shape == mask.shape == tokens.shape
     assert not ((tokens == Vocab.start_id) | (tokens == Vocab.unk_id)).any()
     assert (tokens[:, 0] != Vocab.end_id).all()

@@ -72,6 +72,7 @@ def test_scst_on_full_features_from_a_full_width_checkpoint(ce_run):
      "--scst-baseline mean needs --scst-samples 2 or more"),
     (["--init", "X", "--scst-epochs", "0"], "--scst-epochs must be at least 1 (got 0)"),
     (["--init", "X", "--scst-lr", "0"], "--scst-lr must be positive (got 0.0)"),
+    (["--init", "X", "--scst-temperature", "0"], "--scst-temperature must be positive (got 0.0)"),
 ])
 def test_bad_flags_are_refused(ce_run, capsys, extra, message):
     from training.train import main

@@ -48,13 +48,16 @@ def validate_scst(args) -> None:
                              ("--scst-samples", args.scst_samples, 1), ("--scst-max-len", args.scst_max_len, 1)):
         if value < low:
             raise BadInputError(f"{flag} must be at least {low} (got {value})")
+    if not args.scst_temperature > 0:
+        raise BadInputError(f"--scst-temperature must be positive (got {args.scst_temperature})")
     if not args.scst_lr > 0:
         raise BadInputError(f"--scst-lr must be positive (got {args.scst_lr})")
     if args.scst_baseline == "mean" and args.scst_samples < 2:
         raise BadInputError("--scst-baseline mean needs --scst-samples 2 or more")
 
 
-def sample(decoder, feats: torch.Tensor, k: int, max_len: int, generator: torch.Generator | None = None):
+def sample(decoder, feats: torch.Tensor, k: int, max_len: int, generator: torch.Generator | None = None,
+           temperature: float = 1.0):
     """K captions per image drawn from the decoder, with gradients.
 
     feats (B, L, C) -> tokens (B*K, T) (image b's samples are rows b*K .. b*K+K-1; after <end>
@@ -79,7 +82,8 @@ def sample(decoder, feats: torch.Tensor, k: int, max_len: int, generator: torch.
         if t == max_len:
             banned[:] = True
             banned[Vocab.end_id] = False
-        masked = log_probs.masked_fill(banned, _NEG_INF).log_softmax(dim=-1)  # renormalized over allowed
+        scaled = log_probs if temperature == 1.0 else log_probs / temperature
+        masked = scaled.masked_fill(banned, _NEG_INF).log_softmax(dim=-1)  # renormalized over allowed
         with torch.no_grad():
             draw = torch.multinomial(masked.float().exp(), 1, generator=generator).squeeze(1)  # (R,)
         draw = torch.where(alive, draw, torch.full_like(draw, Vocab.pad_id))
@@ -189,8 +193,11 @@ def scst_step(tr: Trainer, image_rows: np.ndarray, feats_all: torch.Tensor,
         g = greedy(tr.decoder, feats, max_len=args.scst_max_len)
         tr.decoder.train()
         greedy_r = rewards(tr.scorer, index, [ids for ids, _ in g], tr.vocab)
+    if args.scst_dropout == "off":
+        tr.decoder.eval()  # gradients still flow; only dropout is off
     with tr.autocast():
-        tokens, logp, mask = sample(tr.decoder, feats, k, args.scst_max_len, gen)
+        tokens, logp, mask = sample(tr.decoder, feats, k, args.scst_max_len, gen, args.scst_temperature)
+    tr.decoder.train()
     rows = [row[row > Vocab.pad_id].tolist() for row in tokens.cpu()]
     sample_r = rewards(tr.scorer, [i for i in index for _ in range(k)], rows, tr.vocab)
     adv = torch.from_numpy(advantages(sample_r, k, args.scst_baseline, greedy_r)).to(tr.device, torch.float32)

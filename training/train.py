@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reward baseline: the greedy caption's CIDEr-D (Rennie et al.) or the "
                         "mean reward of the image's other samples")
     g.add_argument("--scst-max-len", type=int, default=16, help="longest sampled caption (words)")
+    g.add_argument("--scst-temperature", type=float, default=1.0,
+                   help="sample from softmax(logits / T); the policy trained is that distribution")
+    g.add_argument("--scst-dropout", choices=("on", "off"), default="on",
+                   help="dropout while sampling (off: the decoder samples as it decodes at test time)")
     return p
 
 
