@@ -242,14 +242,8 @@ def train_scst(tr: Trainer) -> dict:
                     print(f"step {tr.step}/{tr.total_steps}: train CIDEr-D of samples "
                           f"{np.mean(sample_r[-10:]):.3f}{greedy_part}; "
                           f"{time.time() - tr.t_start:.0f} s", flush=True)
-                if args.eval_every and tr.step % args.eval_every == 0 and bi != len(batches) - 1:
-                    if tr.evaluate(tr.recent_loss(), prog, extra()):
-                        stop = True
-                        break
-                if tr.step >= tr.total_steps:
+                if tr.after_step(bi, len(batches), prog, extra()):
                     stop = True
-                    if bi == len(batches) - 1:
-                        tr.epoch += 1
                     break
             else:
                 tr.epoch += 1

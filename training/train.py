@@ -302,14 +302,8 @@ def train_xe(tr: Trainer) -> dict:
                                     args.alpha_c, args.label_smoothing)
                 tr.optimizer_step(loss)
                 tr.log_step(prog, rate.add(len(rows)))
-                if args.eval_every and tr.step % args.eval_every == 0 and bi != len(batches) - 1:
-                    if tr.evaluate(tr.recent_loss(), prog):
-                        stop = True
-                        break
-                if tr.step >= tr.total_steps:
+                if tr.after_step(bi, len(batches), prog):
                     stop = True
-                    if bi == len(batches) - 1:
-                        tr.epoch += 1
                     break
             else:
                 tr.epoch += 1

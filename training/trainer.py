@@ -323,6 +323,20 @@ class Trainer:
                  f"{'*best*' if improved else f'({self.bad_evals} w/o gain)'}  e.g. '{row['sample']}'")
         return self.bad_evals >= args.patience
 
+    def after_step(self, batch_i: int, n_batches: int, prog: Progress, extra: dict | None = None) -> bool:
+        """What every objective does after an optimizer step: a mid-epoch evaluation when
+        ``--eval-every`` says so, and the step budget. True: stop (an epoch that ended on its
+        last batch is counted)."""
+        every = self.args.eval_every
+        if every and self.step % every == 0 and batch_i != n_batches - 1:
+            if self.evaluate(self.recent_loss(), prog, extra):
+                return True
+        if self.step >= self.total_steps:
+            if batch_i == n_batches - 1:
+                self.epoch += 1
+            return True
+        return False
+
     def evaluated_now(self) -> bool:
         return bool(self.history) and self.history[-1]["step"] == self.step
 
