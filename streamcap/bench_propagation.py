@@ -20,6 +20,7 @@ import numpy as np
 
 from streamcap.carry import METHODS, PRESETS, Carrier, CarryConfig
 from streamcap.errors import BadInputError
+from streamcap.sinks import ensure_writable_dir
 
 DEFAULT_METHODS = ("carry",)
 
@@ -143,10 +144,7 @@ def run(root: Path, every: int, out_dir: Path, methods: list[str], names: Option
     seqs = find_sequences(root, names)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out is not a folder: {out_dir}")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BadInputError(f"cannot create {out_dir}: {err.strerror}") from None
+    ensure_writable_dir(out_dir, "--out")
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # the target is per core
     try:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from streamcap.errors import BadInputError
+from streamcap.sinks import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -251,10 +252,4 @@ def check_events_dir(path: str | os.PathLike) -> Path:
         raise BadInputError(f"--events-dir is a broken symbolic link: {p}")
     if p.exists() and not p.is_dir():
         raise BadInputError(f"--events-dir is a file, not a folder: {p}")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BadInputError(f"cannot create --events-dir {p}: {err.strerror or err}") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise BadInputError(f"--events-dir is not writable: {p}")
-    return p
+    return ensure_writable_dir(p, "--events-dir")

@@ -77,15 +77,21 @@ def check_output_path(path: str | os.PathLike, inputs: list[str] = (), *, overwr
             raise BadInputError(f"output path is the input file: {p}")
     if p.exists() and not (overwrite or append):
         raise BadInputError(f"output exists: {p} (pass --overwrite to replace it)")
-    parent = p.parent if str(p.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BadInputError(f"cannot create output folder {parent}: {err.strerror or err}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BadInputError(f"output folder is not writable: {parent}")
+    ensure_writable_dir(p.parent if str(p.parent) else Path("."), "output folder")
     _probe_writable(p)
     return p
+
+
+def ensure_writable_dir(folder: Path, what: str) -> Path:
+    """``folder`` created if missing and writable, or one BadInputError line naming it as ``what``
+    (e.g. "output folder", "--events-dir")."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInputError(f"cannot create {what} {folder}: {err.strerror or err}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInputError(f"{what} is not writable: {folder}")
+    return folder
 
 
 def _probe_writable(p: Path) -> None:
