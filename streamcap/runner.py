@@ -51,6 +51,37 @@ class Job:
     index: bool = True  # keep the search index beside the log while running
 
 
+class StopHandle:
+    """Ends a ``run_job`` from another thread: ``handle.stop(reason)`` asks the run's pipeline to
+    stop at once (as a signal would: the log ends with ``end`` and that reason), or, when the
+    pipeline does not exist yet, as soon as ``run_job`` has built it. Safe to call any number of
+    times from any thread; the first reason wins."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pipeline: Pipeline | None = None
+        self.reason: str | None = None
+
+    def stop(self, reason: str = "stopped") -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            pipeline = self._pipeline
+        if pipeline is not None:
+            pipeline.request_stop(self.reason)
+
+    @property
+    def requested(self) -> bool:
+        return self.reason is not None
+
+    def _attach(self, pipeline: Pipeline) -> None:
+        with self._lock:
+            self._pipeline = pipeline
+            reason = self.reason
+        if reason is not None:
+            pipeline.request_stop(reason)
+
+
 def effective_log(job: Job) -> Path | None:
     """The JSONL log a job writes: ``--log``, else ``EVENTS_DIR/events.jsonl`` with
     ``--events-dir`` (snapshots are only found through the records that point to them)."""
@@ -136,8 +167,10 @@ def validate(job: Job) -> dict[str, Any]:
 def run_job(job: Job, *, console: Console | None = None, on_result: Callable | None = None,
             on_frame: Callable | None = None, install_signals: bool = True, stage: Any = None,
             captioner: Any = None, tap: RecordTap | None = None,
-            on_record: Callable[[dict], None] | None = None) -> RunSummary:
+            on_record: Callable[[dict], None] | None = None, stop: StopHandle | None = None) -> RunSummary:
     """Validate, build, run, and always finalize; returns the summary (exit code inside).
+
+    ``stop``: a ``StopHandle`` another thread uses to end the run (without signals).
 
     ``stage`` / ``captioner`` replace the models the job describes (embedding, tests).
     ``tap`` (a ``streamcap.tap.RecordTap`` with its subscribers attached) or ``on_record``
@@ -175,6 +208,8 @@ def run_job(job: Job, *, console: Console | None = None, on_result: Callable | N
                   stage_info=stage.describe() if hasattr(stage, "describe") else stage.name,
                   random_weights=bool(getattr(stage, "random_weights", False)),
                   captioner=getattr(captioner, "name", None), schema_version=JSONL_SCHEMA_FULL)
+    if stop is not None:
+        stop._attach(pipeline)
     old_handlers = {}
     if install_signals and threading.current_thread() is threading.main_thread():
         def handler(signum, _frame):

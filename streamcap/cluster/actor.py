@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from streamcap.errors import StreamcapError
+from streamcap.runner import StopHandle
 
 
 def local_log_path(local_dir: str | os.PathLike, group: str, node_id: str) -> Path:
@@ -62,8 +63,7 @@ class CameraGroup:
         self.job = job
         self._stage_factory = stage_factory
         self._cursor: tuple[int, int] | None = None
-        self._pipeline = None
-        self._stop_reason: str | None = None
+        self._stop = StopHandle()
         self.done = threading.Event()
         self._fresh = threading.Event()  # set by every record the engine writes
         self.exit_code: int | None = None
@@ -75,21 +75,10 @@ class CameraGroup:
 
         from streamcap import runner
 
-        actor = self
-
-        class _Pipeline(runner.Pipeline):  # keeps a handle so that stop() can end the run
-            def __init__(self, *a: Any, **kw: Any) -> None:
-                super().__init__(*a, **kw)
-                actor._pipeline = self
-                if actor._stop_reason is not None:
-                    self.request_stop(actor._stop_reason)
-
-        # Interim: run_job has no stop hook yet; this process runs only this one job.
-        runner.Pipeline = _Pipeline
         try:
             stage = self._stage_factory() if self._stage_factory is not None else None
             summary = runner.run_job(self.job, console=Console(stderr=True, quiet=True), install_signals=False,
-                                     stage=stage, on_record=lambda _record: self._fresh.set())
+                                     stage=stage, on_record=lambda _record: self._fresh.set(), stop=self._stop)
             self.exit_code, self.error = summary.exit_code, summary.error
         except StreamcapError as err:
             self.exit_code, self.error = err.exit_code, str(err)
@@ -120,9 +109,7 @@ class CameraGroup:
 
     def stop(self, reason: str = "sigint", timeout_s: float = 20.0) -> bool:
         """End the run as a signal would (the log ends with ``end``); True when it ended."""
-        self._stop_reason = reason
-        if self._pipeline is not None:
-            self._pipeline.request_stop(reason)
+        self._stop.stop(reason)
         return self.done.wait(timeout_s)
 
     def pid(self) -> int:
