@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from streamcap.errors import StreamcapError
+from streamcap.cluster.outbox import LiveFrames, SnapshotOutbox
 from streamcap.runner import StopHandle
 
 
@@ -48,7 +49,11 @@ class CameraGroup:
     """Runs one group's Job on this node. Ray wraps it with ``ray.remote`` (see ``driver``);
     a restart by Ray runs ``__init__`` again, which starts the engine again (cameras reconnect)."""
 
-    def __init__(self, group: str, job: Any, local_dir: str, stage_factory: Callable | None = None) -> None:
+    def __init__(self, group: str, job: Any, local_dir: str, stage_factory: Callable | None = None,
+                 view: dict[str, Any] | None = None) -> None:
+        """``view``: ``rules`` (alert rules run here), ``events_dir``/``events_max_mb`` (snapshots
+        named for the driver's events folder and sent to it), ``live`` (the driver serves a
+        dashboard: frames of watched cameras are sent)."""
         import ray
 
         ctx = ray.get_runtime_context()
@@ -61,14 +66,37 @@ class CameraGroup:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         job.log = self.path
         self.job = job
+        self._fresh = threading.Event()  # set by every record the engine writes (and live frames)
         self._stage_factory = stage_factory
+        self.view = dict(view or {})
+        self.tap = self._make_tap()
         self._cursor: tuple[int, int] | None = None
         self._stop = StopHandle()
         self.done = threading.Event()
-        self._fresh = threading.Event()  # set by every record the engine writes
         self.exit_code: int | None = None
         self.error: str | None = None
         threading.Thread(target=self._run, name=f"group-{group}", daemon=True).start()
+
+    def _make_tap(self):
+        from streamcap.tap import RecordTap
+
+        tap = RecordTap()
+        tap.subscribe(lambda _record: self._fresh.set())
+        names = [s.resolved().name for s in self.job.sources]
+        if self.view.get("rules"):
+            from streamcap.alerts.service import Notifier
+
+            Notifier(self.view["rules"], cameras=names).attach(tap)
+        self.snapshots = self.frames = None
+        if self.view.get("events_dir") is not None:
+            self.snapshots = SnapshotOutbox(self.view["events_dir"], self.view.get("events_max_mb") or 500.0)
+            tap.events = self.snapshots
+            tap.add_enricher(self.snapshots.enrich)
+        if self.view.get("live"):
+            self.frames = LiveFrames()
+            self.frames.on_put = lambda: self._fresh.set()
+            tap.subscribe_frames(self.frames)
+        return tap
 
     def _run(self) -> None:
         from rich.console import Console
@@ -78,7 +106,7 @@ class CameraGroup:
         try:
             stage = self._stage_factory() if self._stage_factory is not None else None
             summary = runner.run_job(self.job, console=Console(stderr=True, quiet=True), install_signals=False,
-                                     stage=stage, on_record=lambda _record: self._fresh.set(), stop=self._stop)
+                                     stage=stage, tap=self.tap, stop=self._stop)
             self.exit_code, self.error = summary.exit_code, summary.error
         except StreamcapError as err:
             self.exit_code, self.error = err.exit_code, str(err)
@@ -99,13 +127,30 @@ class CameraGroup:
         start = int(since.get(key, 0))
         self._fresh.clear()
         lines, self._cursor = read_lines(self.path, start, limit, self._cursor)
-        if not lines and not self.done.is_set() and self._fresh.wait(wait_s):
+        if not lines and not self.done.is_set() and not self._extras_pending() and self._fresh.wait(wait_s):
             if linger_s > 0:
                 self.done.wait(linger_s)
             lines, self._cursor = read_lines(self.path, start, limit, self._cursor)
-        return {"node_id": self.node_id, "node_ip": self.node_ip, "path": key, "first_seq": start + 1,
+        return {**self._extras(), "node_id": self.node_id, "node_ip": self.node_ip, "path": key, "first_seq": start + 1,
                 "lines": lines, "done": self.done.is_set() and len(lines) < limit, "exit_code": self.exit_code,
                 "error": self.error, "restarted": self.restarted, "started": self.started}
+
+    def _extras_pending(self) -> bool:
+        return (self.frames is not None and self.frames.pending) or bool(self.snapshots is not None and self.snapshots._queue)
+
+    def _extras(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.frames is not None:
+            out["frames"] = self.frames.take()
+        if self.snapshots is not None:
+            out["snapshots"] = self.snapshots.take()
+            out["snapshots_dropped"] = self.snapshots.dropped
+        return out
+
+    def watch(self, cameras: list[str], fps: float) -> None:
+        """The driver's viewers: send frames of these cameras, at most ``fps`` a second each."""
+        if self.frames is not None:
+            self.frames.watch(cameras, fps)
 
     def stop(self, reason: str = "sigint", timeout_s: float = 20.0) -> bool:
         """End the run as a signal would (the log ends with ``end``); True when it ended."""

@@ -52,6 +52,9 @@ class _GroupState:
     error: str | None = None
     received: int = 0
     retry_at: float = 0.0
+    watching: tuple | None = None  # the cameras this incarnation was told to send frames of
+    snapshots: int = 0
+    snapshots_dropped: int = 0
 
 
 def node_label(node_ip: str, node_id: str) -> str:
@@ -84,8 +87,14 @@ class ClusterMonitor:
 
     def __init__(self, cfg: CameraConfig, jobs: dict[str, Any], *, sink: Any, local_dir: str,
                  stage_factory: Callable | None = None, on_record: Callable[[dict], None] | None = None,
-                 duration_s: float | None = None, linger_s: float = LINGER_S) -> None:
+                 duration_s: float | None = None, linger_s: float = LINGER_S, views: dict[str, dict] | None = None,
+                 hub: Any = None, events: Any = None, view_fps: float = 5.0) -> None:
+        """``views``: per group, what its actor runs besides the engine (``actor.CameraGroup``);
+        ``hub``: the dashboard's ``LiveHub`` (frames of watched cameras come from the actors);
+        ``events``: the driver's ``EventStore`` (snapshots from the actors are written there)."""
         self.cfg, self.jobs, self.sink = cfg, jobs, sink
+        self.views = views or {}
+        self.hub, self.events, self.view_fps = hub, events, view_fps
         self.linger_s = linger_s
         self.local_dir = local_dir
         self.stage_factory = stage_factory
@@ -110,7 +119,8 @@ class ClusterMonitor:
                 opts["num_gpus"] = group.num_gpus
             if group.resources:
                 opts["resources"] = dict(group.resources)
-            actor = remote.options(**opts).remote(name, self.jobs[name], self.local_dir, self.stage_factory)
+            actor = remote.options(**opts).remote(name, self.jobs[name], self.local_dir, self.stage_factory,
+                                                  self.views.get(name))
             self.states[name] = _GroupState(group=group, actor=actor)
         nodes = [{"node": node_label(n["NodeManagerAddress"], n["NodeID"]), "alive": n["Alive"],
                   "resources": {k: v for k, v in n.get("Resources", {}).items() if not k.startswith("node:")}}
@@ -153,10 +163,58 @@ class ClusterMonitor:
         elif gap > UNREACHABLE_S and reply["lines"]:
             self._write("caught_up", group=st.group.name, node=node, unreachable_s=round(gap, 3),
                         from_seq=reply["first_seq"], to_seq=reply["first_seq"] + len(reply["lines"]) - 1)
+        if reply["started"] != st.started:
+            st.watching = None  # a new incarnation watches nothing yet
         st.path, st.node, st.node_id, st.started = reply["path"], node, reply["node_id"], reply["started"]
         st.last_ok, st.last_ok_wall = now, wall
+        self._take_snapshots(st, reply.get("snapshots") or (), reply.get("snapshots_dropped", 0))
         self._forward(st, node, reply["path"], reply["first_seq"], reply["lines"])
+        for camera, jpeg in (reply.get("frames") or {}).items():
+            if self.hub is not None:
+                put_jpeg(self.hub, camera, jpeg)
         st.done, st.exit_code, st.error = reply["done"], reply["exit_code"], reply["error"]
+
+    def _take_snapshots(self, st: _GroupState, items, dropped: int) -> None:
+        """Write the actor's snapshots into the driver's events folder (names checked)."""
+        if self.events is None:
+            return
+        for name, data in items:
+            try:
+                self.events.path(name)
+            except ValueError:
+                log.warning("group %s sent a snapshot outside the events folder: %r", st.group.name, name)
+                continue
+            self.events._store(name, data)
+            st.snapshots += 1
+        if dropped > st.snapshots_dropped:
+            self._write("snapshots_dropped", group=st.group.name, node=st.node, dropped=dropped - st.snapshots_dropped,
+                        message="the driver fell behind; these snapshots were never sent")
+        st.snapshots_dropped = dropped
+
+    def _sync_watching(self) -> None:
+        """Tell each actor which of its cameras someone watches on the dashboard (on change)."""
+        if self.hub is None:
+            return
+        for st in self.states.values():
+            if st.dead or st.started is None:
+                continue
+            watched = tuple(sorted(c.name for c in st.group.cameras
+                                   if (slot := self.hub.slot(c.name)) is not None and slot.viewers > 0))
+            if watched != st.watching:
+                st.watching = watched
+                st.actor.watch.remote(list(watched), self.view_fps)
+
+    def node_status(self) -> list[dict]:
+        """Per node: its groups and cameras, and how long since each group last answered."""
+        now = time.monotonic()
+        nodes: dict[str, dict] = {}
+        for st in self.states.values():
+            n = nodes.setdefault(st.node or "(not placed yet)", {"node": st.node, "groups": [], "cameras": []})
+            n["groups"].append({"group": st.group.name, "answered_s_ago": round(now - st.last_ok, 1),
+                                "reachable": now - st.last_ok <= UNREACHABLE_S and not st.dead,
+                                "failed": st.dead, "lines": st.received})
+            n["cameras"] += [c.name for c in st.group.cameras]
+        return list(nodes.values())
 
     def _new_incarnation(self, st: _GroupState, reply: dict, node: str, wall: float) -> None:
         old_path, old_node = st.path, st.node
@@ -221,6 +279,7 @@ class ClusterMonitor:
         started = time.monotonic()
         while not self._stop.is_set():
             self._poll_once(POLL_S)
+            self._sync_watching()
             if self.duration_s is not None and time.monotonic() - started >= self.duration_s:
                 self.request_stop("duration")
             live = [s for s in self.states.values() if not s.dead]
@@ -260,13 +319,63 @@ class ClusterMonitor:
         return max(codes) if codes else 0
 
 
+def driver_events(events_dir: Path, max_mb: float, tap: Any):
+    """The driver's events folder. The actors name and draw the snapshots (their records carry
+    the names); here they are only stored, so the store's enricher is not attached: ``stats``
+    and ``end`` records get this folder's figures instead of the actor's."""
+    from streamcap.events import EventStore
+
+    store = EventStore(events_dir, max_mb).open()
+
+    def figures(record: dict) -> None:
+        if record.get("event") in ("stats", "end"):
+            record["events"] = store.usage()
+    tap.add_enricher(figures)
+    return store
+
+
+def with_nodes(app: Any, mon: "ClusterMonitor") -> None:
+    """``/api/state`` of the dashboard gains ``nodes`` (``ClusterMonitor.node_status``) and each
+    camera its ``node``."""
+    plain = app.state
+
+    def state() -> dict:
+        out = plain()
+        nodes = mon.node_status()
+        where = {cam: n["node"] for n in nodes for cam in n["cameras"]}
+        for cam in out.get("cameras", []):
+            cam["node"] = where.get(cam.get("name"))
+        out["nodes"] = nodes
+        return out
+    app.state = state
+
+
+def put_jpeg(hub: Any, camera: str, jpeg: bytes) -> None:
+    """Hand an encoded frame to the dashboard's ``LiveHub`` (its viewers get these bytes as they
+    are; the hub encodes only images it drew itself)."""
+    cam = hub.slot(camera)
+    if cam is None or not cam.viewers:
+        return
+    with cam.cond:
+        cam.put_at = time.monotonic()
+        cam.seq += 1
+        cam.image = jpeg  # not None: "a frame is there"; never encoded again (jpeg_seq below)
+        cam.jpeg, cam.jpeg_seq = jpeg, cam.seq
+        cam.cond.notify_all()
+
+
 def run_cluster(cfg: CameraConfig, jobs: dict[str, Any], *, address: str, log_path: Path | None,
                 local_dir: str, duration_s: float | None = None, stage_factory: Callable | None = None,
                 install_signals: bool = True, console: Any = None, index: bool = True,
-                tap: Any = None, linger_s: float = LINGER_S) -> int:
+                tap: Any = None, linger_s: float = LINGER_S, views: dict[str, dict] | None = None,
+                events_dir: Path | None = None, events_max_mb: float = 500.0, dashboard: Any = None,
+                view_fps: float = 5.0) -> int:
     """Connect, place, merge until a signal (or duration); the exit code. The merged records go
     through a record tap (``streamcap.tap``): the JSONL log, the search index beside it, and
-    every subscriber of ``tap`` get every record of every node."""
+    every subscriber of ``tap`` (alerts' deliveries, metrics, the dashboard) get every record of
+    every node. ``events_dir``: the actors' snapshots are written there (the log's records name
+    them); ``dashboard`` (``web.wiring.Dashboard`` on ``tap``): live tiles get the actors' frames
+    and ``/api/state`` gains ``nodes``."""
     import ray
 
     from streamcap.runner import Job, _attach_outputs, _close_outputs
@@ -276,10 +385,15 @@ def run_cluster(cfg: CameraConfig, jobs: dict[str, Any], *, address: str, log_pa
     if started_here:
         connect(address)
     tap = tap if tap is not None else RecordTap()
-    _attach_outputs(Job(command="monitor", sources=[], log=log_path, index=index), tap)
+    if events_dir is not None and tap.events is None:
+        tap.events = driver_events(events_dir, events_max_mb, tap)
+    _attach_outputs(Job(command="monitor", sources=[], log=log_path, index=index, events_dir=events_dir), tap)
     sink = tap
     mon = ClusterMonitor(cfg, jobs, sink=sink, local_dir=local_dir, stage_factory=stage_factory,
-                         duration_s=duration_s, linger_s=linger_s)
+                         duration_s=duration_s, linger_s=linger_s, views=views, events=tap.events,
+                         hub=dashboard.hub if dashboard is not None else None, view_fps=view_fps)
+    if dashboard is not None:
+        with_nodes(dashboard.app, mon)
     old = {}
     if install_signals and threading.current_thread() is threading.main_thread():
         for sig, name in ((signal.SIGINT, "sigint"), (signal.SIGTERM, "sigterm")):
