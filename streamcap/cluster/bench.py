@@ -30,25 +30,39 @@ CLIP = Path(__file__).resolve().parents[2] / "samples" / "vtest_8s.mp4"
 
 
 class FakeModel:
-    """Sleeps per frame, finds nothing (picklable: Ray sends it to the actors)."""
+    """Sleeps per frame, finds nothing, or with ``person`` one person in the frame's middle
+    (picklable: Ray sends it to the actors)."""
 
     name = "fake"
     batch_size = 1
 
-    def __init__(self, ms: float = 2.0) -> None:
+    def __init__(self, ms: float = 2.0, person: bool = False) -> None:
         self.ms = ms
+        self.person = person
 
     def __call__(self, frames):
         time.sleep(self.ms / 1000 * len(frames))
-        return [None for _ in frames]
+        return [self._person(f.image.shape) if self.person else None for f in frames]
+
+    @staticmethod
+    def _person(shape):
+        import numpy as np
+
+        from streamcap.types import Detections
+
+        h, w = shape[:2]
+        return Detections(boxes=np.array([[w / 4, h / 4, w * 3 / 4, h * 3 / 4]], np.float32),
+                          scores=np.array([0.9], np.float32), labels=np.array([1]),
+                          names=["__background__", "person"], masks=None)
 
 
 class _Factory:
-    def __init__(self, ms: float) -> None:
+    def __init__(self, ms: float, person: bool = False) -> None:
         self.ms = ms
+        self.person = person
 
     def __call__(self) -> FakeModel:
-        return FakeModel(self.ms)
+        return FakeModel(self.ms, self.person)
 
 
 def _job(names: list[str], clip: Path):

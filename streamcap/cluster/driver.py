@@ -62,8 +62,8 @@ def node_label(node_ip: str, node_id: str) -> str:
 
 
 def connect(address: str, *, num_cpus: float | None = None):
-    """``local``: start Ray here; ``auto``: the running cluster; else HOST:PORT. A loopback
-    address keeps the driver on that loopback address too."""
+    """``local``: start a one-node Ray here, listening on loopback only; ``auto``: the running
+    cluster; else HOST:PORT. A loopback address keeps the driver on that loopback address too."""
     import os
 
     import ray
@@ -71,7 +71,8 @@ def connect(address: str, *, num_cpus: float | None = None):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kw: dict[str, Any] = dict(log_to_driver=False, configure_logging=False, namespace="streamcap")
     if address == "local":
-        kw.update(include_dashboard=False, num_cpus=num_cpus)
+        loopback_only()
+        kw.update(include_dashboard=False, num_cpus=num_cpus, _node_ip_address="127.0.0.1")
         return ray.init(**kw)
     host = address.rsplit(":", 1)[0] if ":" in address else ""
     if host.startswith("127."):
@@ -319,6 +320,20 @@ class ClusterMonitor:
         return max(codes) if codes else 0
 
 
+def loopback_only() -> None:
+    """Make a Ray started by this process listen on 127.0.0.1 only. Ray's servers listen on
+    every interface unless the node's address is exactly 127.0.0.1, and Ray replaces 127.0.0.1
+    by the machine's network address unless clusters are switched off (its single-machine mode,
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``): switched off here, in this process and for the
+    daemons it starts. A one-node cluster loses nothing by it."""
+    import os
+
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def driver_events(events_dir: Path, max_mb: float, tap: Any):
     """The driver's events folder. The actors name and draw the snapshots (their records carry
     the names); here they are only stored, so the store's enricher is not attached: ``stats``
@@ -383,7 +398,12 @@ def run_cluster(cfg: CameraConfig, jobs: dict[str, Any], *, address: str, log_pa
 
     started_here = not ray.is_initialized()
     if started_here:
-        connect(address)
+        import os
+
+        # A local cluster offers at least one CPU per camera group (cameras wait on the network
+        # more than they compute): a 2-core machine still runs 4 groups.
+        need = sum(1 if g.num_cpus is None else g.num_cpus for g in cfg.groups.values())
+        connect(address, num_cpus=max(float(os.cpu_count() or 1), need) if address == "local" else None)
     tap = tap if tap is not None else RecordTap()
     if events_dir is not None and tap.events is None:
         tap.events = driver_events(events_dir, events_max_mb, tap)
