@@ -6,9 +6,12 @@ cameras on 1 and 2 local Ray nodes, and the Ray path's overhead against plain ``
 Each camera plays the sample clip at its own frame rate (a live source: newest frame wins); the
 model is a fake that sleeps ``--model-ms`` per frame, so the engine and the Ray path are what is
 measured. Latency is from a frame's capture to its record in the driver's merged log (for
-plain monitor: to its record in the log). CPU is the CPU time of every process involved (plain:
+plain monitor: to its record in the log). Both write their logs (plain: one; Ray: each actor's
+local log and the driver's merged log). CPU is the CPU time of every process involved (plain:
 the monitor process; Ray: the driver and every process of the cluster, Ray's own included),
-per frame.
+per frame, and for Ray also split into streamcap's processes (driver and actors) and Ray's own
+daemons and idle workers. The clusters run with Ray's default health checks and, unless
+``--loud``, with ``cluster.quiet``'s settings.
 """
 
 from __future__ import annotations
@@ -98,13 +101,7 @@ class Collector:
                 if len(self.seen) == self.cameras:
                     procs = self.procs()
                     self.window = [(time.monotonic(), _cpu(procs), len(self.arrivals), procs)]
-                    if os.environ.get("STREAMCAP_BENCH_BREAKDOWN"):
-                        self.breakdown_start = {}
-                        for p in procs:
-                            try:
-                                self.breakdown_start[p.name()] = self.breakdown_start.get(p.name(), 0.0) + _cpu([p])
-                            except psutil.NoSuchProcess:
-                                pass
+                    self.start_by = _by_process(procs)
             elif self.window:
                 self.window[1:] = [(time.monotonic(), None, len(self.arrivals), None)]
 
@@ -120,9 +117,18 @@ class Collector:
         fig = {"frames": len(lat), "fps": round(fps, 1),
                "latency_p50_ms": round(statistics.median(lat), 1),
                "latency_p95_ms": round(lat[int(0.95 * (len(lat) - 1))], 1)}
-        if getattr(self, "breakdown_end", None):
-            fig["steady_cpu_s_by_process"] = {k: round(v - self.breakdown_start.get(k, 0.0), 2)
-                                              for k, v in self.breakdown_end.items()}
+        if getattr(self, "end_by", None) and len(self.window) == 2:
+            spent = {pid: (name, cpu - self.start_by.get(pid, (name, 0.0))[1]) for pid, (name, cpu) in self.end_by.items()}
+            frames = self.window[1][2] - self.window[0][2]
+            by_name: dict[str, float] = {}
+            for name, cpu in spent.values():
+                by_name[name] = by_name.get(name, 0.0) + cpu
+            if os.environ.get("STREAMCAP_BENCH_BREAKDOWN"):
+                fig["steady_cpu_s_by_process"] = {k: round(v, 2) for k, v in by_name.items()}
+            ours = sum(cpu for pid, (name, cpu) in spent.items() if pid == os.getpid() or "CameraGroup" in name)
+            if frames > 0:  # streamcap's processes (driver, actors) apart from Ray's own daemons and idle workers
+                fig["steady_cpu_ms_per_frame_streamcap"] = round(1000 * ours / frames, 2)
+                fig["steady_cpu_ms_per_frame_ray_daemons"] = round(1000 * (sum(by_name.values()) - ours) / frames, 2)
         if len(self.window) == 2:
             (t0, c0, n0, procs), (t1, _, n1, _) = self.window
             fig["steady_cpu_ms_per_frame"] = round(1000 * (self.end_cpu - c0) / (n1 - n0), 2) if n1 > n0 else None
@@ -132,14 +138,17 @@ class Collector:
     def finish(self) -> None:
         """CPU of the same processes now (call right after the last frame)."""
         self.end_cpu = _cpu(self.window[0][3]) if self.window else 0.0
-        if os.environ.get("STREAMCAP_BENCH_BREAKDOWN") and self.window:
-            by: dict[str, float] = {}
-            for p in self.window[0][3]:
-                try:
-                    by[p.name()] = by.get(p.name(), 0.0) + _cpu([p])
-                except psutil.NoSuchProcess:
-                    pass
-            self.breakdown_end = by
+        self.end_by = _by_process(self.window[0][3]) if self.window else {}
+
+
+def _by_process(procs: list[psutil.Process]) -> dict[int, tuple[str, float]]:
+    out = {}
+    for p in procs:
+        try:
+            out[p.pid] = (p.name(), _cpu([p]))
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 def _cpu(procs: list[psutil.Process]) -> float:
@@ -166,8 +175,11 @@ def run_plain(n: int, model_ms: float, clip: Path) -> dict:
         coll(record)
         if record.get("event") == "end":
             coll.finish()
-    run_job(_job([f"cam{i + 1}" for i in range(n)], clip), console=Console(stderr=True, quiet=True),
-            install_signals=False, stage=FakeModel(model_ms), on_record=on_record)
+    with tempfile.TemporaryDirectory() as tmp:  # with its log, as the Ray path writes logs
+        job = _job([f"cam{i + 1}" for i in range(n)], clip)
+        job.log = Path(tmp) / "plain.jsonl"
+        run_job(job, console=Console(stderr=True, quiet=True), install_signals=False, stage=FakeModel(model_ms),
+                on_record=on_record)
     fig = coll.figures()
     fig.update(wall_s=round(time.monotonic() - t0, 1))
     return fig
@@ -196,7 +208,8 @@ def run_ray(n: int, model_ms: float, clip: Path, cluster, one_group: bool = Fals
     tap.subscribe(on_record)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        run_cluster(CameraConfig(cameras=cams, groups=groups), jobs, address=cluster.address, log_path=None,
+        run_cluster(CameraConfig(cameras=cams, groups=groups), jobs, address=cluster.address,
+                    log_path=Path(tmp) / "merged.jsonl",
                     local_dir=tmp, stage_factory=_Factory(model_ms), install_signals=False, tap=tap, index=False,
                     linger_s=linger_s)
     fig = coll.figures()
@@ -212,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-ms", type=float, default=2.0)
     ap.add_argument("--clip", type=Path, default=CLIP)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--loud", action="store_true", help="without cluster.quiet's Ray settings (for comparison)")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.cameras.split(",")]
     results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "model_ms": args.model_ms,
@@ -226,11 +240,18 @@ def main(argv: list[str] | None = None) -> None:
     # Ray reads its authentication settings when imported: one token for every cluster here.
     token = secrets.token_hex(16)
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    if not args.loud:
+        from streamcap.cluster import quiet
+
+        quiet.apply()
+    results["quiet"] = not args.loud
     import ray
 
     repo = str(Path(__file__).resolve().parents[2])
     for nodes in (int(x) for x in args.nodes.split(",")):
-        cluster = LoopbackCluster(workers=nodes - 1, cpus=8, env={"PYTHONPATH": repo}, token=token)
+        # Ray's default health checks (the tests' fast ones cost more), quiet unless --loud.
+        cluster = LoopbackCluster(workers=nodes - 1, cpus=8, env={"PYTHONPATH": repo}, token=token,
+                                  health_check_ms=None, quiet=not args.loud)
         try:
             t0 = time.monotonic()
             cluster.start()

@@ -68,7 +68,10 @@ def connect(address: str, *, num_cpus: float | None = None):
 
     import ray
 
+    from streamcap.cluster import quiet
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    quiet.apply()  # the driver's own Ray worker, and a local cluster's daemons
     kw: dict[str, Any] = dict(log_to_driver=False, configure_logging=False, namespace="streamcap")
     if address == "local":
         loopback_only()

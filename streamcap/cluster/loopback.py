@@ -37,7 +37,10 @@ class LoopbackCluster:
     """``start()`` a head and ``workers`` worker nodes; ``kill_node(ip)``; ``stop()``."""
 
     def __init__(self, workers: int = 1, cpus: float = 4, temp_dir: str | None = None,
-                 health_check_ms: int = 1000, env: dict[str, str] | None = None, token: str | None = None) -> None:
+                 health_check_ms: int | None = 1000, env: dict[str, str] | None = None, token: str | None = None,
+                 quiet: bool = True) -> None:
+        """``health_check_ms``: how often the GCS checks each node (tests notice a dead node fast;
+        None: Ray's default, 3 s x 5); ``quiet``: with ``cluster.quiet``'s settings."""
         base = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}."
         last = random.sample(range(2, 250), workers + 1)
         self.ips = [base + str(n) for n in last]
@@ -46,12 +49,15 @@ class LoopbackCluster:
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="scray", dir="/tmp")
         self.port = _free_port(self.ips[0])
         self.token = token or secrets.token_hex(16)
-        self.env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-                    "RAY_USAGE_STATS_ENABLED": "0",
-                    # A dead node is noticed within a few seconds (defaults: 3 s x 5).
-                    "RAY_health_check_period_ms": str(health_check_ms),
-                    "RAY_health_check_failure_threshold": "3",
-                    "RAY_health_check_timeout_ms": str(health_check_ms)}
+        from streamcap.cluster.quiet import quiet_env
+
+        base = {**os.environ, **(env or {})}
+        self.env = {**(quiet_env(base) if quiet else base), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+                    "RAY_USAGE_STATS_ENABLED": "0"}
+        self.quiet = quiet
+        if health_check_ms is not None:  # a dead node is noticed within a few seconds (defaults: 3 s x 5)
+            self.env.update(RAY_health_check_period_ms=str(health_check_ms), RAY_health_check_failure_threshold="3",
+                            RAY_health_check_timeout_ms=str(health_check_ms))
 
     @property
     def address(self) -> str:
@@ -62,8 +68,11 @@ class LoopbackCluster:
         return self.ips[0]
 
     def client_env(self) -> dict[str, str]:
-        """What a driver needs in its environment to join (the token)."""
-        return {k: self.env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED")}
+        """What a driver needs in its environment to join (the token; the quiet settings)."""
+        from streamcap.cluster.quiet import QUIET_ENV
+
+        keys = ["RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_USAGE_STATS_ENABLED"] + (list(QUIET_ENV) if self.quiet else [])
+        return {k: self.env[k] for k in keys}
 
     def _ray(self, *args: str, timeout: float = 180) -> None:
         proc = subprocess.run(["nice", "-n", "10", _ray_bin(), "start", *args, "--num-cpus", str(self.cpus),
@@ -73,12 +82,16 @@ class LoopbackCluster:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise RuntimeError(f"ray start {' '.join(args[:2])} failed: {' | '.join(tail)}")
 
+    def _log_monitor(self) -> list[str]:
+        """Quiet: no log monitor (it tails every worker's log for drivers; ours sets log_to_driver=False)."""
+        return ["--include-log-monitor=false"] if self.quiet else []
+
     def start(self) -> "LoopbackCluster":
         self._ray("--head", "--node-ip-address", self.head_ip, "--port", str(self.port),
-                  "--include-dashboard=false", "--temp-dir", self.temp_dir,
+                  "--include-dashboard=false", "--temp-dir", self.temp_dir, *self._log_monitor(),
                   "--ray-client-server-port", str(_free_port(self.head_ip)))
         for ip in self.ips[1:]:
-            self._ray("--address", self.address, "--node-ip-address", ip)
+            self._ray("--address", self.address, "--node-ip-address", ip, *self._log_monitor())
         return self
 
     # -- processes -------------------------------------------------------------------------------
