@@ -185,10 +185,12 @@ def run_plain(n: int, model_ms: float, clip: Path) -> dict:
     return fig
 
 
-def run_ray(n: int, model_ms: float, clip: Path, cluster, one_group: bool = False, linger_s: float = 0.1) -> dict:
+def run_ray(n: int, model_ms: float, clip: Path, cluster, one_group: bool = False, linger_s: float | None = None) -> dict:
     from streamcap.cluster.config import Camera, CameraConfig, Group
-    from streamcap.cluster.driver import run_cluster
+    from streamcap.cluster.driver import LINGER_S, run_cluster
     from streamcap.tap import RecordTap
+
+    linger_s = LINGER_S if linger_s is None else linger_s
 
     cams = [Camera(name=f"cam{i + 1}", url=str(clip), group="all" if one_group else f"cam{i + 1}") for i in range(n)]
     groups: dict[str, Group] = {}

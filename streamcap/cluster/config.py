@@ -10,7 +10,7 @@ resources of each camera group, validated with one-line errors that name the cam
         url_env: DOOR_URL     # or url: rtsp://user:pass@10.0.0.5/stream
         group: gpu-a          # default: a group of its own
         options: {seg-every: 4, caption-interval: 5}
-        alerts: [...]         # kept as given (the alert rules read them)
+        alerts: [{object: person}]   # this camera's own alert rules (as in an --alerts file)
 
 Source options (stride, drop, timeouts, ...) may differ between cameras of one group; engine
 options (models, seg-every, caption-interval, ...) apply to the whole group, because a group
