@@ -188,3 +188,32 @@ def test_bad_camera_alerts_are_one_line_errors(alerts, message):
     with pytest.raises(BadInputError) as err:
         group_rules(cfg, {"alert_object": ["dog"]})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _config(tmp_path, alerts=""):
+    from conftest import write_video
+
+    clip = write_video(tmp_path / "clip.mp4", n=20)
+    path = tmp_path / "c.yaml"
+    path.write_text("defaults: {no-segment: true, no-caption: true}\ncameras:\n"
+                    f"  - {{name: door, url: '{clip}'{alerts}}}\n")
+    return path
+
+
+def test_config_without_ray_takes_events_dir_and_camera_alerts(tmp_path):
+    from conftest import run_cli
+
+    config = _config(tmp_path, ", alerts: [{object: person}]")
+    proc = run_cli("monitor", "--config", str(config), "--duration", "1", "--events-dir", str(tmp_path / "ev"),
+                   "--webhook", "http://127.0.0.1:9/hook")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in (tmp_path / "ev" / "events.jsonl").read_text().splitlines()]
+    assert records[0]["event"] == "run" and records[-1]["event"] == "end" and "alerts" in records[-1]
+    assert "0 alerts; webhook" in proc.stderr
+
+
+def test_webhook_without_any_rule_is_refused(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("monitor", "--config", str(_config(tmp_path)), "--webhook", "http://127.0.0.1:9/hook")
+    assert proc.returncode == 2 and "--webhook sends alerts" in proc.stderr and "alerts: in the config" in proc.stderr
