@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from streamcap.events import EventStore
