@@ -72,7 +72,7 @@ class Writer:
             if host._abandoned.is_set():  # an encoder that returned after the grace: the run is over
                 return
         latency_ms = (time.monotonic() - frame.mono_ts) * 1000.0
-        host.stats.add_written(latency_ms)
+        host.stats.add_written(latency_ms, frame.source)
         every = host.config.log_every
         if host.log_sink is not None and every > 0 and host.stats.written % every == 0:
             host._log("frame", source=frame.source, frame_index=frame.index, pts_s=round(frame.pts_s, 3),
