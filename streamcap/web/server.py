@@ -225,6 +225,12 @@ class Handler(BaseHTTPRequestHandler):
         if index >= len(hub.cameras):
             return self.not_found()
         cam = hub.cameras[index]
+        if self.command == "HEAD":  # headers only: no frame is drawn or encoded for it
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            return
         with hub.watching(cam):
             got = hub.next_jpeg(cam, 0, timeout=5.0)
         if got is None:
@@ -239,10 +245,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.not_found()
         cam = hub.cameras[index]
         period = 1.0 / app.max_view_fps if app.max_view_fps > 0 else 0.0
-        self.close_connection = True
         self.send_response(200)
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         self.send_header("Cache-Control", "no-store")
+        if self.command == "HEAD":  # headers only, and the connection stays usable
+            self.end_headers()
+            return
+        self.close_connection = True
         self.end_headers()
         seq = 0
         with hub.watching(cam):
