@@ -62,6 +62,8 @@ AlertCaption = Annotated[Optional[list[str]], typer.Option("--alert-caption", he
 AlertCooldown = Annotated[float, typer.Option("--alert-cooldown", min=0.0, help="For --alert-object/--alert-caption: least seconds between two alerts of a rule on a camera.")]
 AlertMinDuration = Annotated[float, typer.Option("--alert-min-duration", min=0.0, help="For --alert-object/--alert-caption: seconds the match must last before it alerts.")]
 Webhook = Annotated[Optional[str], typer.Option("--webhook", help="POST every alert as JSON here (http/https; user:password@ becomes basic auth; never logged).")]
+WebhookSnapshot = Annotated[str, typer.Option("--webhook-snapshot", help="What each webhook POST carries of the alert's snapshot (--events-dir): url (snapshot_url, on the dashboard: --public-url or the --serve address), bytes (snapshot_jpeg, base64), both, none; auto: url when an address is known, else bytes.")]
+PublicUrl = Annotated[Optional[str], typer.Option("--public-url", help="The dashboard's address as webhook receivers reach it, e.g. http://nvr.lan:8080/ (default with --serve: its address); snapshot links point there.")]
 Mqtt = Annotated[Optional[str], typer.Option("--mqtt", help="MQTT broker HOST[:PORT] (default port 1883): status, captions and alerts per camera, Home Assistant discovery.")]
 MqttUser = Annotated[Optional[str], typer.Option("--mqtt-user", help="MQTT user name.")]
 MqttPasswordFile = Annotated[Optional[Path], typer.Option("--mqtt-password-file", help="File holding the MQTT password (first line; never logged).")]

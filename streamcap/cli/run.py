@@ -134,6 +134,7 @@ def file(
     events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
     alerts: AlertsFile = None, alert_object: AlertObject = None, alert_caption: AlertCaption = None,
     alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
+    webhook_snapshot: WebhookSnapshot = "auto", public_url: PublicUrl = None,
     mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
     mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
 ) -> None:
@@ -183,6 +184,7 @@ def live(
     events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
     alerts: AlertsFile = None, alert_object: AlertObject = None, alert_caption: AlertCaption = None,
     alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
+    webhook_snapshot: WebhookSnapshot = "auto", public_url: PublicUrl = None,
     mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
     mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
 ) -> None:
@@ -234,6 +236,7 @@ def monitor(
     events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
     alerts: AlertsFile = None, alert_object: AlertObject = None, alert_caption: AlertCaption = None,
     alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
+    webhook_snapshot: WebhookSnapshot = "auto", public_url: PublicUrl = None,
     mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
     mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
     serve: Serve = None, auth_token: AuthToken = None, auth_token_file: AuthTokenFile = None, serve_fps: ServeFps = 5.0,

@@ -46,6 +46,18 @@ def open_search(log: Path | None, events_dir: Path | None, history: History) -> 
     return LazySearch(index_path_for(log), history)
 
 
+def public_address(server: Any) -> str:
+    """The server's address for others: a wildcard bind (0.0.0.0, ::) is named by this machine's
+    host name."""
+    host = server.host
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        host = socket.getfqdn()
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{server.port}/"
+
+
 class Dashboard:
     """The web server of a ``monitor`` run, fed by the run's record tap."""
 
@@ -71,6 +83,9 @@ class Dashboard:
         tap.subscribe(self.metrics.on_record)
         tap.subscribe_frames(self.hub)
         self.server = start_server(self.app, bind, token, token_file)
+        notifier = getattr(tap, "notifier", None)
+        if notifier is not None:  # webhooks link alert snapshots here (unless --public-url said where)
+            notifier.set_public_url(public_address(self.server))
 
     def close(self) -> None:
         self.server.close()
