@@ -73,3 +73,4 @@ Serve = Annotated[Optional[str], typer.Option("--serve", help="Serve the web das
 AuthToken = Annotated[Optional[str], typer.Option("--auth-token", help="With --serve or a web command: every request must carry this token (header 'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN). Needed for a non-loopback address.")]
 AuthTokenFile = Annotated[Optional[Path], typer.Option("--auth-token-file", help="Read the token from this file (keeps it out of the process list).")]
 ServeFps = Annotated[float, typer.Option("--serve-fps", min=0.1, max=60.0, help="With --serve: live frames a second per camera sent to viewers (each one drawn and JPEG-encoded once).")]
+ServeWidth = Annotated[int, typer.Option("--serve-width", min=0, max=7680, help="With --serve: live frames are drawn and JPEG-encoded this wide (a tile's width; 0: the camera's full size, which costs about twice the CPU).")]
