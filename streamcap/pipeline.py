@@ -80,7 +80,9 @@ class RunSummary:
 
 
 class Stats:
-    """Counters shared by the threads; ``snapshot()`` gives rates since the previous snapshot."""
+    """Counters shared by the threads; ``snapshot()`` gives rates since the previous snapshot
+    for the run, and leaves the same figures for each source in ``sources`` (name -> dict; for the
+    ``stats`` log record, not the HUD)."""
 
     def __init__(self, readers: Sequence[SourceReader], result_queue: queue.Queue) -> None:
         self._readers = readers
@@ -94,12 +96,21 @@ class Stats:
         self.capped = 0  # keyframe mode: live frames left out by max_fps (counted as dropped)
         self.latency_ms: float | None = None  # exponential average of frame age at write
         self.latency_max_ms = 0.0
+        names = [r.cfg.name for r in readers]
+        self._src_processed: dict[str, int] = dict.fromkeys(names, 0)
+        self._src_written: dict[str, int] = dict.fromkeys(names, 0)
+        self._src_latency: dict[str, float] = {}
+        self._src_capped: dict[str, int] = {}
         self._t_start = time.monotonic()
         self._prev = (self._t_start, 0, 0)
+        self._src_prev: dict[str, tuple[int, int]] = {n: (0, 0) for n in names}
+        self.sources: dict[str, dict[str, Any]] = {}
 
-    def add_processed(self, n: int) -> None:
+    def add_processed(self, n: int, source: str | None = None) -> None:
         with self._lock:
             self.processed += n
+            if source is not None:
+                self._src_processed[source] = self._src_processed.get(source, 0) + n
 
     def add_stage_errors(self, n: int) -> None:
         with self._lock:
@@ -109,29 +120,50 @@ class Stats:
         with self._lock:
             self.keyframes += n
 
-    def add_capped(self) -> None:
+    def add_capped(self, source: str | None = None) -> None:
         with self._lock:
             self.capped += 1
+            if source is not None:
+                self._src_capped[source] = self._src_capped.get(source, 0) + 1
 
     def add_caption(self) -> None:
         with self._lock:
             self.captions += 1
 
-    def add_written(self, latency_ms: float) -> None:
+    def add_written(self, latency_ms: float, source: str | None = None) -> None:
         with self._lock:
             self.written += 1
             self.latency_max_ms = max(self.latency_max_ms, latency_ms)
             self.latency_ms = latency_ms if self.latency_ms is None else 0.9 * self.latency_ms + 0.1 * latency_ms
+            if source is not None:
+                self._src_written[source] = self._src_written.get(source, 0) + 1
+                prev = self._src_latency.get(source)
+                self._src_latency[source] = latency_ms if prev is None else 0.9 * prev + 0.1 * latency_ms
 
     def snapshot_elapsed(self) -> float:
         return time.monotonic() - self._t_start
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
-        frames_in = sum(r.frames_read for r in self._readers)
+        per_in = {r.cfg.name: r.frames_read for r in self._readers}
+        frames_in = sum(per_in.values())
         with self._lock:
             t0, in0, done0 = self._prev
             dt = max(now - t0, 1e-6)
+            sources = {}
+            for r in self._readers:
+                name = r.cfg.name
+                src_in0, src_done0 = self._src_prev.get(name, (0, 0))
+                done = self._src_processed.get(name, 0)
+                latency = self._src_latency.get(name)
+                sources[name] = {
+                    "input_fps": round((per_in[name] - src_in0) / dt, 2),
+                    "processed_fps": round((done - src_done0) / dt, 2),
+                    "frames_in": per_in[name], "processed": done, "written": self._src_written.get(name, 0),
+                    "dropped": r.dropped + self._src_capped.get(name, 0), "frame_errors": r.errors,
+                    "latency_ms": None if latency is None else round(latency, 1),
+                }
+                self._src_prev[name] = (per_in[name], done)
             snap = {
                 "elapsed_s": round(now - self._t_start, 2),
                 "input_fps": round((frames_in - in0) / dt, 2),
@@ -148,6 +180,7 @@ class Stats:
                 "queues": {r.cfg.name: r.queue.qsize() for r in self._readers},
                 "result_queue": self._result_queue.qsize(),
             }
+            self.sources = sources
             self._prev = (now, frames_in, self.processed)
         return snap
 
@@ -354,7 +387,7 @@ class Pipeline:
 
     def emit(self, frame: Frame, det: Detections | None, extras: dict[str, Any]) -> bool:
         """Attach the caption, queue the frame's result for the writer; False when stopping."""
-        self.stats.add_processed(1)
+        self.stats.add_processed(1, frame.source)
         self.captions.offer(frame, det)
         caption, new_caption = self.captions.attach(frame.source)
         seq = self._seq.get(frame.source, 0)
@@ -422,7 +455,7 @@ class Pipeline:
             self.last_stats = self.stats.snapshot()
         if self.config.stats_interval_s > 0 and now - self._last_stats_log >= self.config.stats_interval_s:
             self._last_stats_log = now
-            self._log("stats", **self.last_stats)
+            self._log("stats", **self.last_stats, sources=self.stats.sources)
 
     def run(self, *, on_tick: Callable[["Pipeline"], None] | None = None, tick_s: float = 0.1) -> RunSummary:
         """Run to the end of input or a stop request; always closes the sinks.

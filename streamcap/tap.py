@@ -31,8 +31,10 @@ writer's array: copy or encode it before returning, never keep it to change. Sam
 exceptions counted and never stop the run. ``tap.wants_image(result)`` (also the
 ``wants_image`` attribute of the ``on_frame`` callback ``run_job`` gives the pipeline) says
 whether anything attached needs the drawn image of that frame, for a writer that draws only
-when needed: a frame subscriber may define ``wants_image(result) -> bool`` (e.g. "a viewer is
-connected"); one without it always gets images.
+when needed: a frame subscriber may define ``wants_image(result) -> bool | int`` (e.g. "a viewer
+is connected"; an int: the width in pixels that is enough, and the writer then draws onto the
+frame scaled down to it, which costs a fraction of drawing and encoding the full frame); one
+without it always gets full-size images.
 
 Subscribe before ``run_job`` starts: the pipeline gets an ``on_frame`` callback only when a
 frame subscriber, the event store or the caller's ``on_frame`` exists at the start (so a plain
@@ -129,20 +131,29 @@ class RecordTap:
         if self.events is not None:
             self._call(self.events.on_frame, result, image)
 
-    def wants_image(self, result: Any) -> bool:
-        """Whether anything attached needs this frame drawn: a frame subscriber that has no
-        ``wants_image(result)`` method always does; one that has it is asked (a web server
-        with no viewer says no); the event store does when a snapshot of that camera is due."""
+    def wants_image(self, result: Any) -> bool | int:
+        """Whether anything attached needs this frame drawn, and how large: False (nothing),
+        True (the full-size frame) or a width in pixels (an image scaled down to that width is
+        enough: the dashboard's tiles). A frame subscriber that has no ``wants_image(result)``
+        method always wants the full frame; one that has it is asked (a web server with no viewer
+        says no, one with viewers says its tile width); the event store wants the full frame when
+        a snapshot of that camera is due. The widest answer wins."""
+        widest = 0
         for fn in self._frame_subscribers:
             wants = getattr(fn, "wants_image", None)
             if wants is None:
                 return True
             try:
-                if wants(result):
-                    return True
+                answer = wants(result)
             except Exception:
                 return True
-        return self.events is not None and self.events.wants_image(result)
+            if answer is True:
+                return True
+            if answer:
+                widest = max(widest, int(answer))
+        if self.events is not None and self.events.wants_image(result):
+            return True
+        return widest or False
 
     # -- errors ------------------------------------------------------------------------------------
     def _call(self, fn: Callable, *args: Any) -> None:

@@ -7,9 +7,13 @@ which owns the sinks, the statistics and the one shutdown path.
 
 from __future__ import annotations
 
+import math
 import queue
 import time
 from typing import Any
+
+import cv2
+import numpy as np
 
 from streamcap.sinks import iso_time
 from streamcap.types import FrameResult
@@ -58,11 +62,16 @@ class Writer:
         if host._abandoned.is_set():  # shutdown gave up on this thread: no more output or callbacks
             return
         frame = result.frame
-        needs_image = host.video is not None or host.display or (
-            host.on_frame is not None and _wants_image(host.on_frame, result))
+        needs_image, width = True, None
+        if host.video is None and not host.display:
+            needs_image, width = _wants_image(host.on_frame, result) if host.on_frame is not None else (False, None)
         image = frame.image
         if needs_image and host.renderer is not None:
-            image = host.renderer.annotate(frame.image, result, host.last_stats if host.hud else None,
+            source = frame.image
+            if width is not None and source is not None and source.shape[1] > width:
+                # Only smaller consumers (the dashboard's tiles): draw onto the frame scaled down.
+                source = scale_to_width(source, width)
+            image = host.renderer.annotate(source, result, host.last_stats if host.hud else None,
                                            notice=host.notice)
         if host.video is not None:
             with host._video_lock:
@@ -72,7 +81,7 @@ class Writer:
             if host._abandoned.is_set():  # an encoder that returned after the grace: the run is over
                 return
         latency_ms = (time.monotonic() - frame.mono_ts) * 1000.0
-        host.stats.add_written(latency_ms)
+        host.stats.add_written(latency_ms, frame.source)
         every = host.config.log_every
         if host.log_sink is not None and every > 0 and host.stats.written % every == 0:
             host._log("frame", source=frame.source, frame_index=frame.index, pts_s=round(frame.pts_s, 3),
@@ -103,9 +112,35 @@ class Writer:
         return out
 
 
-def _wants_image(on_frame: Any, result: FrameResult) -> bool:
-    """Whether ``on_frame`` needs this frame drawn: asked through its ``wants_image(result)``
-    (on the callable or, for a bound method, on its object: the record tap, the web dashboard,
-    which want drawn frames only while someone watches); any other callback always does."""
+def scale_to_width(image: np.ndarray, width: int, band_px: int = 1 << 16) -> np.ndarray:
+    """``image`` scaled down to ``width`` (bilinear), in horizontal bands of at most ``band_px``
+    output pixels. One cv2.resize of a whole frame goes to OpenCV's thread pool, whose workers
+    then spin-wait: about 0.5 ms of CPU more than the resize itself, per frame; a band that small
+    runs on the calling thread. Band edges are placed at the same scale, so the seams do not show."""
+    h, w = image.shape[:2]
+    out_h = max(1, round(h * width / w))
+    step = out_h // math.gcd(h, out_h)  # bands of a multiple of this many rows start on a source row
+    rows = band_px // width // step * step
+    if rows < 1 or rows >= out_h:
+        return cv2.resize(image, (width, out_h), interpolation=cv2.INTER_LINEAR)
+    out = np.empty((out_h, width) + image.shape[2:], image.dtype)
+    for y0 in range(0, out_h, rows):
+        y1 = min(out_h, y0 + rows)
+        s0, s1 = y0 * h // out_h, -(-y1 * h // out_h)
+        cv2.resize(image[s0:s1], (width, y1 - y0), dst=out[y0:y1], interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def _wants_image(on_frame: Any, result: FrameResult) -> tuple[bool, int | None]:
+    """Whether ``on_frame`` needs this frame drawn, and at what width (None: full size): asked
+    through its ``wants_image(result)`` (on the callable or, for a bound method, on its object:
+    the record tap, the web dashboard, which want drawn frames only while someone watches, and
+    then only as wide as a tile; see ``streamcap.tap``); any other callback always wants the
+    full frame."""
     wants = getattr(on_frame, "wants_image", None) or getattr(getattr(on_frame, "__self__", None), "wants_image", None)
-    return True if wants is None else bool(wants(result))
+    if wants is None:
+        return True, None
+    answer = wants(result)
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        return bool(answer), None
+    return answer > 0, answer if answer > 0 else None

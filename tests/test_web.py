@@ -375,3 +375,22 @@ def test_serve_command_history_and_search(tmp_path: Path, events: Path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("path", ["/video/1.mjpg", "/frame/1.jpg", "/", "/api/state", "/api/timeline",
+                                  "/api/search?q=dog", "/metrics", "/events/cam1/0001.jpg"])
+def test_head_answers_headers_only(served, path):
+    """HEAD on any route, the stream included: the GET's status and headers, no body, no frame
+    drawn or encoded, and the connection can ask again."""
+    srv, hub, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    for _ in range(2):  # the second request on the same connection shows nothing was left to read
+        conn.request("HEAD", path)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.read() == b""
+        assert resp.getheader("Content-Type").startswith(
+            "multipart/x-mixed-replace" if path.endswith(".mjpg") else "image/jpeg" if path.endswith(".jpg")
+            else "text/html" if path == "/" else "text/plain" if path == "/metrics" else "application/json")
+    conn.close()
+    assert hub.encoded == 0 and all(c.viewers == 0 for c in hub.cameras)

@@ -217,16 +217,26 @@ class Delivery:
         pass
 
 
+SNAPSHOT_MODES = ("auto", "url", "bytes", "both", "none")
+
+
 class WebhookDelivery(Delivery):
-    """POST every ``alert`` record as JSON to ``url``. ``snapshot_path(name)`` finds an alert's
-    snapshot file: its bytes go along base64-encoded (``snapshot_jpeg``), and with
-    ``snapshot_base_url`` its address (``snapshot_url``)."""
+    """POST every ``alert`` record as JSON to ``url``, with its snapshot as ``snapshot_mode`` says:
+    ``url``: its address (``snapshot_url``, under ``snapshot_base_url``: the events route of a
+    dashboard); ``bytes``: the JPEG base64-encoded (``snapshot_jpeg``, found by
+    ``snapshot_path(name)``); ``both`` (the default here; the address only when a base URL is
+    given); ``none``; ``auto`` (the CLI's default): the address when a base URL is known, else
+    the bytes."""
 
     name = "webhook"
 
     def __init__(self, url: str, *, timeout_s: float = 5.0, snapshot_path: Callable[[str], Path | None] | None = None,
-                 snapshot_base_url: str | None = None, snapshot_wait_s: float = 3.0, **kw: Any) -> None:
+                 snapshot_base_url: str | None = None, snapshot_wait_s: float = 3.0, snapshot_mode: str = "both",
+                 **kw: Any) -> None:
         super().__init__(**kw)
+        if snapshot_mode not in SNAPSHOT_MODES:
+            raise ValueError(f"snapshot_mode must be one of {', '.join(SNAPSHOT_MODES)}, got {snapshot_mode!r}")
+        self.snapshot_mode = snapshot_mode
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"a webhook must be an http:// or https:// URL, got {safe_url(url)}")
@@ -253,20 +263,34 @@ class WebhookDelivery(Delivery):
     def describe(self, item: dict) -> dict[str, Any]:
         return {"camera": item.get("source"), "rule": item.get("rule"), "frame_index": item.get("frame_index")}
 
+    def set_snapshot_base_url(self, base_url: str | None) -> None:
+        """Where snapshots are served (``http://host:port/events``), once known (a dashboard
+        started after this delivery)."""
+        self.snapshot_base_url = base_url.rstrip("/") if base_url else None
+
+    def _sends(self) -> tuple[bool, bool]:
+        """(address, bytes) of the snapshot in each POST."""
+        mode = self.snapshot_mode
+        if mode == "auto":
+            mode = "url" if self.snapshot_base_url else "bytes"
+        return (mode in ("url", "both") and bool(self.snapshot_base_url), mode in ("bytes", "both"))
+
     def payload(self, record: dict) -> bytes:
         body = dict(record)
         name = record.get("snapshot")
-        if name:
-            if self.snapshot_base_url:
-                body["snapshot_url"] = f"{self.snapshot_base_url}/{urllib.parse.quote(str(name))}"
+        send_url, send_bytes = self._sends()
+        if name and (send_url or send_bytes):
             path = self.snapshot_path(name) if self.snapshot_path is not None else None
             # The event store writes an alert's snapshot from the next frame drawn: wait a moment
-            # for it (this is the delivery thread; the pipeline never waits here).
+            # for it, so that its address answers and its bytes are there (this is the delivery
+            # thread; the pipeline never waits here).
             deadline = time.monotonic() + self.snapshot_wait_s
             while path is not None and not Path(path).exists() and time.monotonic() < deadline:
                 if self._stop.wait(0.05):
                     break
-            if path is not None and Path(path).exists():
+            if send_url:
+                body["snapshot_url"] = f"{self.snapshot_base_url}/{urllib.parse.quote(str(name))}"
+            if send_bytes and path is not None and Path(path).exists():
                 try:
                     body["snapshot_jpeg"] = base64.b64encode(Path(path).read_bytes()).decode("ascii")
                 except OSError as err:

@@ -97,6 +97,13 @@ class Notifier:
         if not self.cameras or known.issuperset(self.cameras):
             self.tap.unsubscribe_frames(self._size_fn)
 
+    def set_public_url(self, base_url: str) -> None:
+        """The dashboard's address (``http://host:port/``): webhooks link snapshots under its
+        ``events/`` route (unless the options gave an address already)."""
+        for d in self.deliveries:
+            if isinstance(d, WebhookDelivery) and not d.snapshot_base_url:
+                d.set_snapshot_base_url(base_url.rstrip("/") + "/events")
+
     def _snapshot_path(self, name: str) -> Path | None:
         events = getattr(self.tap, "events", None)
         if events is None:

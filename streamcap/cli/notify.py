@@ -31,6 +31,9 @@ def notify_tap(opts: dict[str, Any], sources: list[Any], tap: Any = None) -> Any
 
         if not webhook.lower().startswith(("http://", "https://")):
             raise BadInputError(f"--webhook must be an http:// or https:// URL, got {safe_url(webhook)}")
+    webhook_options = _webhook_snapshot_options(opts) if webhook is not None else {}
+    if webhook is None and opts.get("webhook_snapshot", "auto") != "auto":
+        raise BadInputError("--webhook-snapshot goes with --webhook")
     mqtt = _mqtt_options(opts) if opts.get("mqtt") else None
     if opts.get("mqtt_user") or opts.get("mqtt_password_file"):
         if mqtt is None:
@@ -48,7 +51,7 @@ def notify_tap(opts: dict[str, Any], sources: list[Any], tap: Any = None) -> Any
     from streamcap.tap import RecordTap
 
     tap = tap if tap is not None else RecordTap()
-    notifier = Notifier(rules, webhook=webhook, mqtt=mqtt, metrics=metrics, metrics_port=opts.get("metrics_port"),
+    notifier = Notifier(rules, webhook=webhook, webhook_options=webhook_options, mqtt=mqtt, metrics=metrics, metrics_port=opts.get("metrics_port"),
                         cameras=[s.resolved().name for s in sources])
     try:
         notifier.attach(tap)
@@ -58,6 +61,29 @@ def notify_tap(opts: dict[str, Any], sources: list[Any], tap: Any = None) -> Any
                             f"{err.strerror or err}") from None
     tap.notifier = notifier
     return tap
+
+
+def _webhook_snapshot_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """``--webhook-snapshot`` and ``--public-url`` as WebhookDelivery options. Without
+    --public-url, a dashboard (--serve) gives its own address once it listens
+    (``Notifier.set_public_url``)."""
+    from urllib.parse import urlsplit
+
+    from streamcap.alerts.delivery import SNAPSHOT_MODES
+
+    mode = opts.get("webhook_snapshot") or "auto"
+    if mode not in SNAPSHOT_MODES:
+        raise BadInputError(f"--webhook-snapshot must be one of {', '.join(SNAPSHOT_MODES)}, got {mode!r}")
+    public = opts.get("public_url")
+    if public is not None:
+        parts = urlsplit(public)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise BadInputError(f"--public-url must be an http:// or https:// address such as http://host:8080/, "
+                                f"got {public!r}")
+    if mode in ("url", "both") and public is None and not opts.get("serve"):
+        raise BadInputError(f"--webhook-snapshot {mode} needs an address for the snapshots: --public-url or --serve")
+    base = public.rstrip("/") + "/events" if public is not None else None
+    return {"snapshot_mode": mode, "snapshot_base_url": base}
 
 
 def _mqtt_options(opts: dict[str, Any]) -> dict[str, Any]:

@@ -62,6 +62,8 @@ AlertCaption = Annotated[Optional[list[str]], typer.Option("--alert-caption", he
 AlertCooldown = Annotated[float, typer.Option("--alert-cooldown", min=0.0, help="For --alert-object/--alert-caption: least seconds between two alerts of a rule on a camera.")]
 AlertMinDuration = Annotated[float, typer.Option("--alert-min-duration", min=0.0, help="For --alert-object/--alert-caption: seconds the match must last before it alerts.")]
 Webhook = Annotated[Optional[str], typer.Option("--webhook", help="POST every alert as JSON here (http/https; user:password@ becomes basic auth; never logged).")]
+WebhookSnapshot = Annotated[str, typer.Option("--webhook-snapshot", help="What each webhook POST carries of the alert's snapshot (--events-dir): url (snapshot_url, on the dashboard: --public-url or the --serve address), bytes (snapshot_jpeg, base64), both, none; auto: url when an address is known, else bytes.")]
+PublicUrl = Annotated[Optional[str], typer.Option("--public-url", help="The dashboard's address as webhook receivers reach it, e.g. http://nvr.lan:8080/ (default with --serve: its address); snapshot links point there.")]
 Mqtt = Annotated[Optional[str], typer.Option("--mqtt", help="MQTT broker HOST[:PORT] (default port 1883): status, captions and alerts per camera, Home Assistant discovery.")]
 MqttUser = Annotated[Optional[str], typer.Option("--mqtt-user", help="MQTT user name.")]
 MqttPasswordFile = Annotated[Optional[Path], typer.Option("--mqtt-password-file", help="File holding the MQTT password (first line; never logged).")]
@@ -71,3 +73,4 @@ Serve = Annotated[Optional[str], typer.Option("--serve", help="Serve the web das
 AuthToken = Annotated[Optional[str], typer.Option("--auth-token", help="With --serve or a web command: every request must carry this token (header 'Authorization: Bearer TOKEN', or open the page once with ?token=TOKEN). Needed for a non-loopback address.")]
 AuthTokenFile = Annotated[Optional[Path], typer.Option("--auth-token-file", help="Read the token from this file (keeps it out of the process list).")]
 ServeFps = Annotated[float, typer.Option("--serve-fps", min=0.1, max=60.0, help="With --serve: live frames a second per camera sent to viewers (each one drawn and JPEG-encoded once).")]
+ServeWidth = Annotated[int, typer.Option("--serve-width", min=0, max=7680, help="With --serve: live frames are drawn and JPEG-encoded this wide (a tile's width; 0: the camera's full size, which costs about twice the CPU).")]

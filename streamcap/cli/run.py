@@ -134,6 +134,7 @@ def file(
     events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
     alerts: AlertsFile = None, alert_object: AlertObject = None, alert_caption: AlertCaption = None,
     alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
+    webhook_snapshot: WebhookSnapshot = "auto", public_url: PublicUrl = None,
     mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
     mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
 ) -> None:
@@ -183,6 +184,7 @@ def live(
     events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
     alerts: AlertsFile = None, alert_object: AlertObject = None, alert_caption: AlertCaption = None,
     alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
+    webhook_snapshot: WebhookSnapshot = "auto", public_url: PublicUrl = None,
     mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
     mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
 ) -> None:
@@ -234,9 +236,11 @@ def monitor(
     events_dir: EventsDir = None, events_max_mb: EventsMaxMb = 500.0, no_index: NoIndex = False,
     alerts: AlertsFile = None, alert_object: AlertObject = None, alert_caption: AlertCaption = None,
     alert_cooldown: AlertCooldown = 30.0, alert_min_duration: AlertMinDuration = 0.0, webhook: Webhook = None,
+    webhook_snapshot: WebhookSnapshot = "auto", public_url: PublicUrl = None,
     mqtt: Mqtt = None, mqtt_user: MqttUser = None, mqtt_password_file: MqttPasswordFile = None,
     mqtt_topic: MqttTopic = "streamcap", metrics_port: MetricsPort = None,
     serve: Serve = None, auth_token: AuthToken = None, auth_token_file: AuthTokenFile = None, serve_fps: ServeFps = 5.0,
+    serve_width: ServeWidth = 480,
 ) -> None:
     """Headless monitoring of several cameras in one process, logging to JSONL.
 
@@ -275,7 +279,7 @@ def monitor(
 
     tap = notify_tap(locals(), sources, RecordTap())
     dashboard = start_dashboard(tap, serve, auth_token, auth_token_file, sources, log, events_dir, not no_index,
-                                serve_fps)
+                                serve_fps, serve_width)
     try:
         _run(Job(command="monitor", sources=sources, log=log, stats=stats, argv=redact_argv(sys.argv[1:]), progress=False,
                  duration_s=duration,

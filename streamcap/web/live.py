@@ -2,8 +2,8 @@
 
 Status, captions, fps and latency come from the records (``on_record``: ``source_status``,
 ``caption``, ``frame``, ``alert``). Frames come from the writer thread (``LiveHub.__call__``, a
-frame subscriber of the record tap) only while someone watches; the hub keeps a reference in a
-one-frame slot per watched camera. JPEG encoding happens in the viewers' threads, once per frame however many viewers
+frame subscriber of the record tap) only while someone watches, drawn at the tile's width
+(``max_width``); the hub keeps a reference in a one-frame slot per watched camera. JPEG encoding happens in the viewers' threads, once per frame however many viewers
 there are. A viewer that is slower than the camera simply gets the newest frame next time (the
 ones in between are skipped); nothing a viewer does can block the writer.
 """
@@ -20,6 +20,10 @@ import cv2
 import numpy as np
 
 from streamcap.capture import redact_url
+
+# The width live frames are drawn and encoded at: a dashboard tile is 420 CSS pixels or more
+# (four cameras side by side on a 1920-pixel screen: about 460).
+DEFAULT_WIDTH = 480
 
 # Status shown per camera, from source_status records.
 _UP = {"connected", "reconnected", "resolution_changed"}
@@ -55,10 +59,11 @@ class LiveHub:
     (``hub.on_record(record)``) for the dashboard."""
 
     def __init__(self, cameras: list[str], *, jpeg_quality: int = 75, max_fps: float = 5.0,
-                 max_width: int = 960) -> None:
+                 max_width: int = DEFAULT_WIDTH) -> None:
         """``max_fps``: at most this many frames a second per camera are drawn and kept for the
-        viewers (0: every frame); the others are never drawn. ``max_width``: wider frames are
-        scaled down before encoding (a tile is narrower than that; 0: never)."""
+        viewers (0: every frame); the others are never drawn. ``max_width``: the writer draws
+        the annotations onto the frame scaled down to this width (the size of a tile), and an
+        image that still comes wider is scaled before encoding (0: full size)."""
         self.cameras = [CameraSlot(i, name) for i, name in enumerate(cameras)]
         self._by_name = {c.name: c for c in self.cameras}
         for raw, cam in zip(cameras, self.cameras):
@@ -75,11 +80,15 @@ class LiveHub:
         return self._by_name.get(name) or self._by_name.get(redact_url(name))
 
     # -- from the engine (writer thread) ------------------------------------------------------
-    def wants_image(self, result: Any = None) -> bool:
-        """True while anyone watches (this frame's camera): the writer draws frames only then."""
+    def wants_image(self, result: Any = None) -> bool | int:
+        """While anyone watches this frame's camera and a frame is due: the width to draw it at
+        (``max_width``; True: full size), else False. The writer draws frames only then. Without
+        a result: whether anyone watches at all."""
         if result is not None:
             cam = self.slot(result.frame.source)
-            return cam is not None and cam.viewers > 0 and self._due(cam)
+            if cam is not None and cam.viewers > 0 and self._due(cam):
+                return self.max_width or True
+            return False
         return any(c.viewers for c in self.cameras)
 
     def _due(self, cam: CameraSlot) -> bool:

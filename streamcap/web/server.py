@@ -225,6 +225,12 @@ class Handler(BaseHTTPRequestHandler):
         if index >= len(hub.cameras):
             return self.not_found()
         cam = hub.cameras[index]
+        if self.command == "HEAD":  # headers only: no frame is drawn or encoded for it
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            return
         with hub.watching(cam):
             got = hub.next_jpeg(cam, 0, timeout=5.0)
         if got is None:
@@ -239,10 +245,15 @@ class Handler(BaseHTTPRequestHandler):
             return self.not_found()
         cam = hub.cameras[index]
         period = 1.0 / app.max_view_fps if app.max_view_fps > 0 else 0.0
-        self.close_connection = True
+        if period <= hub.period:
+            period = 0.0  # the hub keeps no more frames than that: waiting for the next one paces it
         self.send_response(200)
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         self.send_header("Cache-Control", "no-store")
+        if self.command == "HEAD":  # headers only, and the connection stays usable
+            self.end_headers()
+            return
+        self.close_connection = True
         self.end_headers()
         seq = 0
         with hub.watching(cam):
@@ -255,7 +266,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                  + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
                 self.wfile.flush()
-                rest = period - (time.monotonic() - started)
+                rest = period - (time.monotonic() - started) if period else 0.0
                 if rest > 0:
                     app.stopping.wait(rest)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from streamcap.web.history import History
-from streamcap.web.live import LiveHub
+from streamcap.web.live import DEFAULT_WIDTH, LiveHub
 from streamcap.web.server import WebApp
 
 
@@ -46,16 +46,29 @@ def open_search(log: Path | None, events_dir: Path | None, history: History) -> 
     return LazySearch(index_path_for(log), history)
 
 
+def public_address(server: Any) -> str:
+    """The server's address for others: a wildcard bind (0.0.0.0, ::) is named by this machine's
+    host name."""
+    host = server.host
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        host = socket.getfqdn()
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{server.port}/"
+
+
 class Dashboard:
     """The web server of a ``monitor`` run, fed by the run's record tap."""
 
     def __init__(self, tap: Any, sources: list, bind: str, token: str | None, token_file: Path | None,
-                 log: Path | None, events_dir: Path | None, index: bool = True, fps: float = 5.0) -> None:
+                 log: Path | None, events_dir: Path | None, index: bool = True, fps: float = 5.0,
+                 width: int = DEFAULT_WIDTH) -> None:
         from streamcap.cli.serve import start_server
         from streamcap.metrics import Metrics
 
         names = [s.resolved().name for s in sources]
-        self.hub = LiveHub(names, max_fps=fps)
+        self.hub = LiveHub(names, max_fps=fps, max_width=width)
         history = History(events_dir=events_dir)
         self.metrics = Metrics()
         search = None
@@ -71,6 +84,9 @@ class Dashboard:
         tap.subscribe(self.metrics.on_record)
         tap.subscribe_frames(self.hub)
         self.server = start_server(self.app, bind, token, token_file)
+        notifier = getattr(tap, "notifier", None)
+        if notifier is not None:  # webhooks link alert snapshots here (unless --public-url said where)
+            notifier.set_public_url(public_address(self.server))
 
     def close(self) -> None:
         self.server.close()
@@ -78,7 +94,7 @@ class Dashboard:
 
 def start_dashboard(tap: Any, serve: str | None, token: str | None, token_file: Path | None, sources: list,
                     log: Path | None, events_dir: Path | None, index: bool = True,
-                    fps: float = 5.0) -> Dashboard | None:
+                    fps: float = 5.0, width: int = DEFAULT_WIDTH) -> Dashboard | None:
     """With ``--serve``: the dashboard on the run's tap (started before the cameras, so a bad
     address or a missing token stops the command before anything runs); else None."""
     if serve is None:
@@ -87,4 +103,4 @@ def start_dashboard(tap: Any, serve: str | None, token: str | None, token_file: 
 
             raise BadInputError("--auth-token and --auth-token-file go with --serve")
         return None
-    return Dashboard(tap, sources, serve, token, token_file, log, events_dir, index, fps)
+    return Dashboard(tap, sources, serve, token, token_file, log, events_dir, index, fps, width)
