@@ -130,6 +130,9 @@ def load_init(args):
     if ck.encoder_state is not None:
         raise BadInputError(f"--init {args.init} has a fine-tuned encoder; SCST runs on the "
                             "pretrained encoder's cached features")
+    if ck.input_size != args.image_size:
+        raise BadInputError(f"--init {args.init} was trained on {ck.input_size}px images; "
+                            f"pass --image-size {ck.input_size}")
     return ck
 
 

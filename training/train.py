@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamcap.caption.encoder import ENCODER_NAMES
 from streamcap.errors import BadInputError, StreamcapError
 from training.datasets import FORMAT_HELP, FORMATS, load_captions, make_splits
 from training.data import clean, encode_captions
 from training.trainer import (Progress, Rate, Trainer, evaluate_greedy, export_small,  # noqa: F401
-                              lr_factor, pick_device, plot_curves)
+                              lr_factor, pick_device, plot_curves, resolve_image_size)
 
 DEFAULT_CACHE = Path.home() / ".cache" / "streamcap" / "features"
 
@@ -45,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-count", type=int, default=5, help="vocabulary: minimum word count")
     g.add_argument("--max-len", type=int, default=20, help="caption tokens kept (longer are cut)")
     g.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="feature cache folder")
-    g.add_argument("--encoder", default="efficientnet_lite0", choices=("efficientnet_lite0", "resnet50"))
-    g.add_argument("--image-size", type=int, default=224)
+    g.add_argument("--encoder", default="efficientnet_lite0", choices=ENCODER_NAMES)
+    g.add_argument("--image-size", type=int, default=None,
+                   help="input size (default: the encoder's native size: 224 for Lite0 and "
+                        "ResNet-50, 240 for Lite1, 260 for Lite2)")
     g.add_argument("--flip-aug", action="store_true",
                    help="also cache horizontally flipped features; each sample uses them with "
                         "p=0.5 ('left'/'right' swapped in its caption)")
@@ -127,6 +130,7 @@ class Prepared:
         from streamcap.caption.vocab import Vocab
         from training.features import build_cache
 
+        resolve_image_size(args)
         data = load_captions(args.dataset, args.captions)
         splits = make_splits(data, args.split_file, args.val_split_file, args.val_fraction,
                              args.seed, images_dir=args.images)
@@ -196,6 +200,7 @@ def load_resume(args) -> dict | None:
 
 
 def validate(args) -> None:
+    resolve_image_size(args)
     if args.scst:
         from training.scst import validate_scst
 

