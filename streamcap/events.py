@@ -181,6 +181,11 @@ class EventStore:
         ok, buf = cv2.imencode(SNAPSHOT_SUFFIX, image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         return buf.tobytes() if ok else None
 
+    def store(self, name: str, data: bytes | None) -> bool:
+        """Write already encoded JPEG bytes under ``name`` (a name this store reserved, or one a
+        cluster actor reserved in its own store); False when it could not be written."""
+        return self._store(name, data)
+
     def _store(self, name: str, data: bytes | None) -> bool:
         path = self.root / name
         tmp = path.with_name(f".{path.name}.tmp")

@@ -356,7 +356,7 @@ class CarryWorker:
         if not block and self.min_period:
             last = self._last_mono.get(name)
             if last is not None and frame.mono_ts - last < self.min_period * 0.95:
-                self.host.stats.add_capped()
+                self.host.stats.add_capped(name)
                 return None
             self._last_mono[name] = frame.mono_ts
         seq = self._seq.get(name, 0)

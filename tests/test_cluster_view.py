@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from streamcap.cluster.config import parse
-from streamcap.cluster.driver import ClusterMonitor, _GroupState, driver_events, put_jpeg, with_nodes
+from streamcap.cluster.driver import ClusterMonitor, _GroupState, driver_events, with_nodes
 from streamcap.cluster.notify import group_rules
 from streamcap.cluster.outbox import LiveFrames, SnapshotOutbox
 from streamcap.errors import BadInputError
@@ -125,7 +125,7 @@ def test_live_frames_reach_a_watched_tile_only(tmp_path):
 
 def test_put_jpeg_ignores_unknown_cameras():
     hub = LiveHub(["door"])
-    put_jpeg(hub, "nope", b"x")
+    hub.put_jpeg("nope", b"x")
 
 
 class _Result:

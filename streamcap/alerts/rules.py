@@ -159,12 +159,12 @@ def load_rules(path: str | Path) -> list[Rule]:
                             f"(only 'rules')")
     if not doc["rules"]:
         raise BadInputError(f"{p}:{doc['__lines__'].get('rules', 1)}: 'rules' is empty")
-    rules = [_parse_rule(item, i, p, doc["__lines__"].get("rules", 1)) for i, item in enumerate(doc["rules"])]
+    rules = [parse_rule(item, i, p, doc["__lines__"].get("rules", 1)) for i, item in enumerate(doc["rules"])]
     _check_unique(rules)
     return rules
 
 
-def _parse_rule(item: Any, index: int, path: Path, list_line: int) -> Rule:
+def parse_rule(item: Any, index: int, path: Path, list_line: int) -> Rule:
     if not isinstance(item, dict):
         raise BadInputError(f"{path}:{list_line}: rule {index + 1} is not a mapping (name: ..., object: ...)")
     line, lines = item.pop("__line__"), item.pop("__lines__")

@@ -178,7 +178,7 @@ class ClusterMonitor:
         self._forward(st, node, reply["path"], reply["first_seq"], reply["lines"])
         for camera, jpeg in (reply.get("frames") or {}).items():
             if self.hub is not None:
-                put_jpeg(self.hub, camera, jpeg)
+                self.hub.put_jpeg(camera, jpeg)
         st.done, st.exit_code, st.error = reply["done"], reply["exit_code"], reply["error"]
 
     def _take_snapshots(self, st: _GroupState, items, dropped: int) -> None:
@@ -191,7 +191,7 @@ class ClusterMonitor:
             except ValueError:
                 log.warning("group %s sent a snapshot outside the events folder: %r", st.group.name, name)
                 continue
-            self.events._store(name, data)
+            self.events.store(name, data)
             st.snapshots += 1
         if dropped > st.snapshots_dropped:
             self._write("snapshots_dropped", group=st.group.name, node=st.node, dropped=dropped - st.snapshots_dropped,
@@ -370,20 +370,6 @@ def with_nodes(app: Any, mon: "ClusterMonitor") -> None:
         out["nodes"] = nodes
         return out
     app.state = state
-
-
-def put_jpeg(hub: Any, camera: str, jpeg: bytes) -> None:
-    """Hand an encoded frame to the dashboard's ``LiveHub`` (its viewers get these bytes as they
-    are; the hub encodes only images it drew itself)."""
-    cam = hub.slot(camera)
-    if cam is None or not cam.viewers:
-        return
-    with cam.cond:
-        cam.put_at = time.monotonic()
-        cam.seq += 1
-        cam.image = jpeg  # not None: "a frame is there"; never encoded again (jpeg_seq below)
-        cam.jpeg, cam.jpeg_seq = jpeg, cam.seq
-        cam.cond.notify_all()
 
 
 def run_cluster(cfg: CameraConfig, jobs: dict[str, Any], *, address: str, log_path: Path | None,

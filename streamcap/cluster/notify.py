@@ -20,7 +20,7 @@ from streamcap.errors import BadInputError
 
 def camera_rules(cfg: CameraConfig) -> dict[str, list]:
     """Each camera's own rules (cameras.yaml ``alerts:``), limited to that camera."""
-    from streamcap.alerts.rules import _parse_rule
+    from streamcap.alerts.rules import parse_rule
 
     where = Path(str(cfg.path or "cameras.yaml"))
     out: dict[str, list] = {}
@@ -32,7 +32,7 @@ def camera_rules(cfg: CameraConfig) -> dict[str, list]:
             item = {**item, "__line__": f" camera {cam.name!r}, alert {i + 1}", "__lines__": {}}
             if "cameras" in item:
                 raise BadInputError(f"camera {cam.name!r}: alert {i + 1}: 'cameras' has no place under a camera")
-            rules.append(dataclasses.replace(_parse_rule(item, i, where, 0), cameras=(cam.name,)))
+            rules.append(dataclasses.replace(parse_rule(item, i, where, 0), cameras=(cam.name,)))
         out[cam.name] = rules
     return out
 

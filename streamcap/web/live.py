@@ -91,6 +91,19 @@ class LiveHub:
             return False
         return any(c.viewers for c in self.cameras)
 
+    def put_jpeg(self, camera: str, jpeg: bytes) -> None:
+        """An already encoded frame (from a cluster actor): viewers get these bytes as they are;
+        ignored for an unknown or unwatched camera."""
+        cam = self.slot(camera)
+        if cam is None or not cam.viewers:
+            return
+        with cam.cond:
+            cam.put_at = time.monotonic()
+            cam.seq += 1
+            cam.image = jpeg  # not None: "a frame is there"; never encoded again (jpeg_seq below)
+            cam.jpeg, cam.jpeg_seq = jpeg, cam.seq
+            cam.cond.notify_all()
+
     def _due(self, cam: CameraSlot) -> bool:
         return time.monotonic() - cam.put_at >= self.period * 0.9  # a little early rather than a frame late
 
