@@ -193,3 +193,37 @@ def test_demo_page_in_a_browser(tmp_path, browser):
         proc.wait(timeout=30)
         err.close()
     assert proc.returncode == 0
+
+
+def test_dashboard_shows_cluster_nodes(tmp_path, browser):
+    """Under monitor --config/--ray the page shows each node's cameras and whether it answers
+    (from /api/state's ``nodes``), and each tile names its node. Fed by the driver's merge code
+    with a fake actor's reply, no Ray."""
+    from test_cluster_view import _cluster, _line, _reply
+
+    from streamcap.cluster.driver import with_nodes
+    from streamcap.web.live import LiveHub
+    from streamcap.web.server import WebApp, WebServer
+
+    hub = LiveHub(["door", "yard"])
+    app = WebApp(hub=hub)
+    mon, st, tap, _ = _cluster(tmp_path, hub=hub)
+    tap.subscribe(app.on_record)
+    with_nodes(app, mon)
+    mon._handle(st, _reply(tmp_path, 1, [_line("source_status", status="connected"),
+                                         _line("caption", shown="a man walks", changed=True, frame_index=0)]))
+    server = WebServer(app, "127.0.0.1", 0).start()
+    try:
+        browser.get(server.url)
+        from selenium.webdriver.common.by import By
+
+        def nodes_text():
+            rows = browser.find_elements(By.CSS_SELECTOR, "#nodes .node")
+            return [r.text for r in rows] if rows else None
+        rows = wait_for("the node panel", nodes_text, 20)
+        assert any(r.startswith("127.0.0.2-aaaaaa: door") and "door answered" in r for r in rows), rows
+        meta = wait_for("the door tile's node", lambda: [m.text for m in browser.find_elements(
+            By.CSS_SELECTOR, '.tile[data-camera="door"] .meta') if "node 127.0.0.2-aaaaaa" in m.text], 20)
+        assert meta
+    finally:
+        server.close()

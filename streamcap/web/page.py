@@ -26,13 +26,17 @@ main{padding:1em}
 .when{color:#aaa;font-size:.8em;white-space:nowrap}
 #results{margin-bottom:1em}
 #results:empty{display:none}
+#nodes{margin-bottom:1em;color:#ccc;font-size:.9em}
+#nodes:empty{display:none}
+.node{display:inline-block;background:#1c1c1c;border-radius:4px;padding:.3em .6em;margin:0 .5em .3em 0}
+.node.down{background:#5a1d1d}
 </style></head><body>
 <header><h1>streamcap</h1>
 <form id="search"><input type="text" id="q" placeholder="search captions and objects, e.g. dog on sofa">
 <select id="order"><option value="newest">newest</option><option value="best">best match</option></select>
 <input type="text" id="since" placeholder="since (2h)" size="8"><button>search</button></form>
 <a href="/metrics" style="color:#8cf">metrics</a></header>
-<main><div id="results"></div><div id="tiles"></div></main>
+<main><div id="results"></div><div id="nodes"></div><div id="tiles"></div></main>
 <script>
 "use strict";
 var tiles = {};
@@ -58,6 +62,18 @@ function showState(state){
     t.captionEl.textContent = cam.caption || "";
     t.metaEl.textContent = cam.live ? (cam.fps.toFixed(1) + " fps, latency " +
       (cam.latency_ms==null ? "-" : cam.latency_ms.toFixed(0) + " ms") + ", " + cam.frames + " frames") : "history";
+    if(cam.node) t.metaEl.textContent += ", node " + cam.node;
+  });
+  if(state.nodes) showNodes(state.nodes);
+}
+function showNodes(nodes){  // a cluster run (monitor --config/--ray): one line per node
+  var box = document.getElementById("nodes"); box.innerHTML = "";
+  nodes.forEach(function(n){
+    var up = n.groups.every(function(g){return g.reachable;});
+    var text = (n.node || "not placed yet") + ": " + n.cameras.join(", ") + " — " + n.groups.map(function(g){
+      return g.group + (g.failed ? " failed" : g.reachable ? " answered " + g.answered_s_ago.toFixed(1) + " s ago"
+        : " unreachable for " + g.answered_s_ago.toFixed(0) + " s");}).join("; ");
+    var row = el("span", "node" + (up ? "" : " down"), text); row.setAttribute("data-node", n.node || ""); box.appendChild(row);
   });
 }
 function entryEl(e, withCamera){
