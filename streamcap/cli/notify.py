@@ -13,11 +13,23 @@ def notify_tap(opts: dict[str, Any], sources: list[Any], tap: Any = None) -> Any
     """A record tap with the notifier the options ask for attached (``tap.notifier``); ``tap``
     as given (None included) when they ask for none. ``sources``: the run's SourceConfigs (their
     cameras are announced to MQTT at once). Bad values raise BadInputError."""
+    rules = command_line_rules(opts)
+    notifier = build_notifier(opts, rules, [s.resolved().name for s in sources], any_rules=bool(rules))
+    if notifier is None:
+        return tap
+    from streamcap.tap import RecordTap
+
+    tap = tap if tap is not None else RecordTap()
+    attach(notifier, tap, opts.get("metrics_port"))
+    return tap
+
+
+def command_line_rules(opts: dict[str, Any]) -> list:
+    """The rules of ``--alerts``, ``--alert-object`` and ``--alert-caption``; two of one name are
+    an error."""
     from streamcap.alerts import load_rules, rules_from_flags
 
-    rules = []
-    if opts.get("alerts") is not None:
-        rules += load_rules(opts["alerts"])
+    rules = load_rules(opts["alerts"]) if opts.get("alerts") is not None else []
     rules += rules_from_flags(opts.get("alert_object"), opts.get("alert_caption"),
                               cooldown_s=opts.get("alert_cooldown", 30.0),
                               min_duration_s=opts.get("alert_min_duration", 0.0))
@@ -25,6 +37,15 @@ def notify_tap(opts: dict[str, Any], sources: list[Any], tap: Any = None) -> Any
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise BadInputError(f"two alert rules are named {dup!r} (a rules file and a flag?)")
+    return rules
+
+
+def build_notifier(opts: dict[str, Any], rules: list, cameras: list[str], *, any_rules: bool,
+                   rule_sources: str = "--alerts, --alert-object or --alert-caption") -> Any:
+    """The Notifier for ``rules`` (run where it is attached) and the webhook, MQTT and metrics
+    the options ask for; None when there is nothing to do. ``any_rules``: rules run somewhere
+    (here, or in a cluster's actors), which a webhook needs; ``rule_sources`` names where they
+    come from in that error."""
     webhook = opts.get("webhook")
     if webhook is not None:
         from streamcap.alerts.delivery import safe_url
@@ -35,32 +56,31 @@ def notify_tap(opts: dict[str, Any], sources: list[Any], tap: Any = None) -> Any
     if webhook is None and opts.get("webhook_snapshot", "auto") != "auto":
         raise BadInputError("--webhook-snapshot goes with --webhook")
     mqtt = _mqtt_options(opts) if opts.get("mqtt") else None
-    if opts.get("mqtt_user") or opts.get("mqtt_password_file"):
-        if mqtt is None:
-            raise BadInputError("--mqtt-user and --mqtt-password-file need --mqtt HOST[:PORT]")
+    if (opts.get("mqtt_user") or opts.get("mqtt_password_file")) and mqtt is None:
+        raise BadInputError("--mqtt-user and --mqtt-password-file need --mqtt HOST[:PORT]")
     metrics = None
     if opts.get("metrics_port") is not None:
         from streamcap.metrics import Metrics
 
         metrics = Metrics()
     if not (rules or webhook or mqtt or metrics):
-        return tap
-    if webhook and not rules:
-        raise BadInputError("--webhook sends alerts: give rules with --alerts, --alert-object or --alert-caption")
+        return None
+    if webhook and not any_rules:
+        raise BadInputError(f"--webhook sends alerts: give rules with {rule_sources}")
     from streamcap.alerts.service import Notifier
-    from streamcap.tap import RecordTap
 
-    tap = tap if tap is not None else RecordTap()
-    notifier = Notifier(rules, webhook=webhook, webhook_options=webhook_options, mqtt=mqtt, metrics=metrics, metrics_port=opts.get("metrics_port"),
-                        cameras=[s.resolved().name for s in sources])
+    return Notifier(rules, webhook=webhook, webhook_options=webhook_options, mqtt=mqtt, metrics=metrics,
+                    metrics_port=opts.get("metrics_port"), cameras=cameras)
+
+
+def attach(notifier: Any, tap: Any, metrics_port: int | None) -> None:
+    """Subscribe ``notifier`` to ``tap`` (``tap.notifier``); a taken metrics port is an error."""
     try:
         notifier.attach(tap)
     except OSError as err:  # the metrics port is taken
         notifier.close()
-        raise BadInputError(f"cannot serve metrics on 127.0.0.1:{opts['metrics_port']}: "
-                            f"{err.strerror or err}") from None
+        raise BadInputError(f"cannot serve metrics on 127.0.0.1:{metrics_port}: {err.strerror or err}") from None
     tap.notifier = notifier
-    return tap
 
 
 def _webhook_snapshot_options(opts: dict[str, Any]) -> dict[str, Any]:

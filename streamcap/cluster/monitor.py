@@ -44,7 +44,8 @@ def _sources(cfg: CameraConfig, opts: dict[str, Any]) -> list:
 def monitor_cameras(opts: dict[str, Any]) -> None:
     from streamcap.alerts.delivery import redact_secret_args
     from streamcap.cluster.jobs import group_job, single_job
-    from streamcap.cluster.notify import attach, build_notifier, group_rules
+    from streamcap.cli.notify import attach
+    from streamcap.cluster.notify import build_notifier, group_rules
     from streamcap.tap import RecordTap
     from streamcap.web.auth import redact_argv
 
