@@ -71,7 +71,10 @@ def test_window_leaves_out_frames_of_another_scene_and_flags_the_cut(bundled):
     assert not first.scene_change  # nothing before it
     cut = bundled.caption_window(street + [horses], "cam")
     alone = bundled.caption_images([horses])[0]
-    assert cut.scene_change and (cut.text, cut.score) == (alone.text, alone.score)
+    # the window is the horses frame alone: same words, same score (up to float rounding: the
+    # pooled path sums one frame's features in another order than the single-image path)
+    assert cut.scene_change and cut.text == alone.text
+    assert cut.score == pytest.approx(alone.score, abs=1e-5)
     again = bundled.caption_window([horses, horses], "cam")
     assert not again.scene_change and again.text == alone.text
     assert bundled.caption_window([horses], "other").scene_change is False  # per source

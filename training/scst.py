@@ -214,7 +214,7 @@ def train_scst(tr: Trainer) -> dict:
     args = tr.args
     n = len(tr.prep.train_images)
     feats_all = torch.from_numpy(tr.prep.train_feats)  # (N, L, C) float16
-    gen = torch.Generator().manual_seed(args.seed * 1000 + 7 + tr.step)
+    gen = torch.Generator(device=tr.device).manual_seed(args.seed * 1000 + 7 + tr.step)
     rate = Rate()
     sample_r: list[float] = []
     greedy_r: list[float] = []

@@ -24,8 +24,8 @@ import torch
 
 from streamcap.errors import BadInputError
 
-DEFAULT_BONUS = 1.0
-DEFAULT_PENALTY = 3.0
+DEFAULT_BONUS = 3.0
+DEFAULT_PENALTY = 6.0
 DEFAULT_MIN_SCORE = 0.5
 
 _PEOPLE = ("man men woman women boy boys girl girls people person persons child children kid kids "
