@@ -67,12 +67,13 @@ class Writer:
             needs_image, width = _wants_image(host.on_frame, result) if host.on_frame is not None else (False, None)
         image = frame.image
         if needs_image and host.renderer is not None:
-            source = frame.image
+            source, owned = frame.image, False
             if width is not None and source is not None and source.shape[1] > width:
-                # Only smaller consumers (the dashboard's tiles): draw onto the frame scaled down.
-                source = scale_to_width(source, width)
+                # Only smaller consumers (the dashboard's tiles): draw onto the frame scaled down,
+                # a copy of our own, so no second copy to draw on.
+                source, owned = scale_to_width(source, width), True
             image = host.renderer.annotate(source, result, host.last_stats if host.hud else None,
-                                           notice=host.notice)
+                                           notice=host.notice, in_place=owned)
         if host.video is not None:
             with host._video_lock:
                 if host._video_closed:  # closed by shutdown after the stop grace: nothing more goes in

@@ -138,3 +138,17 @@ def test_track_ids_lead_the_label_tags():
     assert np.array_equal(masks_and_boxes.annotate(image, _result(image, det)),
                           masks_and_boxes.annotate(image, FrameResult(Frame("t", 0, 0.0, 0.0, image), det,
                                                                       extras={"track_ids": [4, 5, 9]})))
+
+
+def test_in_place_draws_on_the_callers_own_copy_and_never_on_a_view():
+    image = np.full((H * 2, W * 2, 3), 200, np.uint8)
+    r = Renderer(hud=False)
+    bh = r.banner_height()
+    mine = image.copy()
+    out = r.annotate(mine, _result(mine), in_place=True)
+    assert out is mine and (mine[-bh:] == 70).all() and (mine[:-bh] == 200).all()  # 200 * 0.35, rounded
+    view = image[:, :W]  # not contiguous: copied, the source untouched
+    out = r.annotate(view, _result(view), in_place=True)
+    assert out is not view and (image == 200).all() and (out[-bh:] == 70).all()
+    copied = r.annotate(image, _result(image))  # the default: a new image
+    assert copied is not image and (image == 200).all() and (copied[-bh:] == 70).all()

@@ -68,12 +68,17 @@ class _Factory:
         return FakeModel(self.ms, self.person)
 
 
-def _job(names: list[str], clip: Path):
+def _job(names: list[str], clip: Path, saturate: bool = False):
+    """Live-paced cameras (newest frame wins), or with ``saturate`` files read as fast as the
+    engine takes them (nothing dropped): then the frames a second are the throughput."""
     from streamcap.pipeline import PipelineConfig
     from streamcap.runner import Job
 
-    sources = [SourceConfig(uri=str(clip), name=n, kind="file", realtime=True, drop="latest", queue_size=1)
-               for n in names]
+    if saturate:
+        sources = [SourceConfig(uri=str(clip), name=n, kind="file") for n in names]
+    else:
+        sources = [SourceConfig(uri=str(clip), name=n, kind="file", realtime=True, drop="latest", queue_size=1)
+                   for n in names]
     return Job(command="monitor", sources=sources, progress=False, index=False,
                pipeline=PipelineConfig(stats_interval_s=0, seg_every=1))
 
@@ -133,6 +138,7 @@ class Collector:
             (t0, c0, n0, procs), (t1, _, n1, _) = self.window
             fig["steady_cpu_ms_per_frame"] = round(1000 * (self.end_cpu - c0) / (n1 - n0), 2) if n1 > n0 else None
             fig["steady_cpu_cores"] = round((self.end_cpu - c0) / (t1 - t0), 2) if t1 > t0 else None
+            fig["steady_fps"] = round((n1 - n0) / (t1 - t0), 1) if t1 > t0 else None
         return fig
 
     def finish(self) -> None:
@@ -162,7 +168,7 @@ def _cpu(procs: list[psutil.Process]) -> float:
     return total
 
 
-def run_plain(n: int, model_ms: float, clip: Path) -> dict:
+def run_plain(n: int, model_ms: float, clip: Path, saturate: bool = False) -> dict:
     from rich.console import Console
 
     from streamcap.runner import run_job
@@ -176,7 +182,7 @@ def run_plain(n: int, model_ms: float, clip: Path) -> dict:
         if record.get("event") == "end":
             coll.finish()
     with tempfile.TemporaryDirectory() as tmp:  # with its log, as the Ray path writes logs
-        job = _job([f"cam{i + 1}" for i in range(n)], clip)
+        job = _job([f"cam{i + 1}" for i in range(n)], clip, saturate)
         job.log = Path(tmp) / "plain.jsonl"
         run_job(job, console=Console(stderr=True, quiet=True), install_signals=False, stage=FakeModel(model_ms),
                 on_record=on_record)
@@ -185,7 +191,8 @@ def run_plain(n: int, model_ms: float, clip: Path) -> dict:
     return fig
 
 
-def run_ray(n: int, model_ms: float, clip: Path, cluster, one_group: bool = False, linger_s: float | None = None) -> dict:
+def run_ray(n: int, model_ms: float, clip: Path, cluster, one_group: bool = False, linger_s: float | None = None,
+            saturate: bool = False) -> dict:
     from streamcap.cluster.config import Camera, CameraConfig, Group
     from streamcap.cluster.driver import LINGER_S, run_cluster
     from streamcap.tap import RecordTap
@@ -196,7 +203,7 @@ def run_ray(n: int, model_ms: float, clip: Path, cluster, one_group: bool = Fals
     groups: dict[str, Group] = {}
     for c in cams:
         groups.setdefault(c.group, Group(c.group, num_cpus=0.5)).cameras.append(c)
-    jobs = {name: _job([c.name for c in g.cameras], clip) for name, g in groups.items()}
+    jobs = {name: _job([c.name for c in g.cameras], clip, saturate) for name, g in groups.items()}
     coll = Collector(n, lambda: [psutil.Process(), *cluster.processes()])
     ends = []
 
@@ -228,12 +235,38 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clip", type=Path, default=CLIP)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--loud", action="store_true", help="without cluster.quiet's Ray settings (for comparison)")
+    ap.add_argument("--saturate", action="store_true",
+                    help="read the clip as fast as the engine takes it (nothing dropped): frames a second are "
+                         "the throughput, and the overhead is plain monitor's throughput over the Ray path's")
+    ap.add_argument("--loops", type=int, default=None,
+                    help="play the clip this many times in a row (default: 1; 20 with --saturate)")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.cameras.split(",")]
+    loops = args.loops if args.loops is not None else (20 if args.saturate else 1)
+    with tempfile.TemporaryDirectory(prefix="streamcap-bench-") as tmp:
+        clip = looped(args.clip, loops, Path(tmp)) if loops > 1 else args.clip
+        _main(args, counts, clip, loops)
+
+
+def looped(clip: Path, loops: int, folder: Path) -> Path:
+    """The clip ``loops`` times in a row (ffmpeg -stream_loop, no re-encoding)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("ffmpeg") is None:
+        raise SystemExit("error: --loops needs ffmpeg on PATH")
+    out = folder / f"loop{loops}{clip.suffix}"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-stream_loop", str(loops - 1), "-i", str(clip), "-c", "copy",
+                    str(out)], check=True)
+    return out
+
+
+def _main(args, counts: list[int], clip: Path, loops: int) -> None:
+    sat = args.saturate
     results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "model_ms": args.model_ms,
-                     "plain": {}, "ray": {}}
+                     "saturate": sat, "clip_loops": loops, "plain": {}, "ray": {}}
     for n in counts:
-        results["plain"][n] = run_plain(n, args.model_ms, args.clip)
+        results["plain"][n] = run_plain(n, args.model_ms, clip, saturate=sat)
         print(f"plain monitor, {n} cameras: {results['plain'][n]}", flush=True)
     import secrets
 
@@ -261,16 +294,16 @@ def main(argv: list[str] | None = None) -> None:
                      configure_logging=False)
             results["ray"][nodes] = {"cluster_start_s": round(time.monotonic() - t0, 1)}
             for n in counts:
-                results["ray"][nodes][n] = run_ray(n, args.model_ms, args.clip, cluster)
+                results["ray"][nodes][n] = run_ray(n, args.model_ms, clip, cluster, saturate=sat)
                 print(f"ray, {nodes} node(s), {n} cameras, an actor each: {results['ray'][nodes][n]}", flush=True)
             if nodes == 1:  # the overhead of the Ray path itself: all cameras in one actor, as in plain monitor
                 results["ray_one_actor"] = {}
                 for n in counts:
-                    results["ray_one_actor"][n] = run_ray(n, args.model_ms, args.clip, cluster, one_group=True)
+                    results["ray_one_actor"][n] = run_ray(n, args.model_ms, clip, cluster, one_group=True, saturate=sat)
                     print(f"ray, 1 node, {n} cameras in one actor: {results['ray_one_actor'][n]}", flush=True)
                 n = counts[-1]
-                results["ray_one_actor_no_linger"] = {n: run_ray(n, args.model_ms, args.clip, cluster, one_group=True,
-                                                                 linger_s=0.0)}
+                results["ray_one_actor_no_linger"] = {n: run_ray(n, args.model_ms, clip, cluster, one_group=True,
+                                                                 linger_s=0.0, saturate=sat)}
                 print(f"ray, 1 node, {n} cameras in one actor, no linger: {results['ray_one_actor_no_linger'][n]}",
                       flush=True)
         finally:
@@ -283,6 +316,10 @@ def main(argv: list[str] | None = None) -> None:
             results[f"overhead_{name}_steady_cpu_per_frame"] = {
                 n: round(results[name][n][key] / results["plain"][n][key] - 1, 3)
                 for n in results[name] if results["plain"][n].get(key) and results[name][n].get(key)}
+            if sat:  # time per frame at full speed: plain's frames a second over the Ray path's
+                results[f"overhead_{name}_throughput"] = {
+                    n: round(results["plain"][n]["steady_fps"] / results[name][n]["steady_fps"] - 1, 3)
+                    for n in results[name] if results["plain"][n].get("steady_fps") and results[name][n].get("steady_fps")}
     print(json.dumps(results, indent=1, default=str))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
