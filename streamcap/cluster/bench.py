@@ -2,10 +2,15 @@
 cameras on 1 and 2 local Ray nodes, and the Ray path's overhead against plain ``monitor``.
 
     python -m streamcap.cluster.bench --cameras 1,2,4,8 --nodes 1,2 [--model-ms 2] [--json out.json]
+    python -m streamcap.cluster.bench --cameras 1,4,8 --nodes 1 --saturate
 
 Each camera plays the sample clip at its own frame rate (a live source: newest frame wins); the
 model is a fake that sleeps ``--model-ms`` per frame, so the engine and the Ray path are what is
-measured. Latency is from a frame's capture to its record in the driver's merged log (for
+measured. With ``--saturate`` each camera reads the clip (played ``--loops`` times in a row,
+20 by default) as fast as the engine takes it, nothing dropped: the frames a second are then the
+throughput, ``overhead_*_throughput`` compares plain monitor's with the Ray path's, and the CPU
+per frame is the marginal cost of a frame, with Ray's fixed idle cost spread over many more
+frames than at a camera's pace. Latency is from a frame's capture to its record in the driver's merged log (for
 plain monitor: to its record in the log). Both write their logs (plain: one; Ray: each actor's
 local log and the driver's merged log). CPU is the CPU time of every process involved (plain:
 the monitor process; Ray: the driver and every process of the cluster, Ray's own included),

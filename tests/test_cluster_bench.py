@@ -1,0 +1,40 @@
+"""The Ray benchmark's saturated mode (no Ray needed): files read as fast as the engine takes
+them, nothing dropped, and the clip looped without re-encoding."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import pytest
+from conftest import REPO
+
+from streamcap.cluster import bench
+
+CLIP = REPO / "samples" / "vtest_8s.mp4"
+
+
+def _frames(path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    return n
+
+
+def test_saturated_sources_are_unpaced_files_that_drop_nothing():
+    live = bench._job(["a"], CLIP).sources[0].resolved()
+    full = bench._job(["a", "b"], CLIP, saturate=True).sources
+    assert live.realtime and live.drop == "latest"
+    assert [s.resolved().name for s in full] == ["a", "b"]
+    assert all(not s.realtime and s.resolved().drop == "block" for s in full)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg")
+def test_looped_clip_has_every_frame_n_times_and_plain_run_counts_them(tmp_path):
+    one = _frames(CLIP)
+    clip = bench.looped(CLIP, 3, tmp_path)
+    assert _frames(clip) == 3 * one
+    fig = bench.run_plain(1, 0.0, clip, saturate=True)
+    assert fig["frames"] == 3 * one  # nothing dropped
+    assert fig["steady_fps"] > 0 and fig["steady_cpu_ms_per_frame"] > 0
