@@ -224,8 +224,19 @@ def make_record(event: str, *, source: str | None = None, ts: float | None = Non
 
     record = {"schema": JSONL_SCHEMA_VERSION, "event": event,
               "time": iso_time(time.time() if ts is None else ts), "source": source}
-    record.update(_redacted(fields))
+    record.update(_redacted(fields) if _holds_url(fields) else fields)
     return record
+
+
+def _holds_url(fields: dict[str, Any]) -> bool:
+    """Whether any string in ``fields`` holds "://". One JSON encoding (C speed) answers it for a
+    frame record with a hundred objects in a fifth of the time ``_redacted``'s walk over every
+    box coordinate took; JSON never escapes ':' or '/', so the text holds "://" exactly when a
+    string does."""
+    try:
+        return "://" in json.dumps(fields, ensure_ascii=False, default=_json_default, check_circular=False)
+    except (TypeError, ValueError):
+        return True  # the walk decides (and the log's own encoding reports what is wrong)
 
 
 def record_line(record: dict[str, Any]) -> str:

@@ -112,3 +112,16 @@ def test_output_that_cannot_be_created_is_refused_up_front(tmp_path):
     check_output_path(new)
     check_output_path(old, append=True)
     assert not new.exists() and old.read_text() == "kept\n"  # the check leaves no trace
+
+
+def test_make_record_redacts_urls_anywhere_and_leaves_the_rest_as_given():
+    from streamcap.sinks import make_record
+
+    objects = [{"label": "person", "score": 0.9, "box": [1.0, 2.0, 3.0, 4.0]} for _ in range(50)]
+    plain = make_record("frame", source="cam", detections={"count": 50, "objects": objects})
+    assert plain["detections"]["objects"] == objects  # nothing to redact: the fields as given
+    rec = make_record("stage_error", source="cam", message="cannot open rtsp://user:secret@host/s",
+                      detail={"tries": [1, 2, {"url": "http://a:b@c.example/x"}]}, objects=objects)
+    text = json.dumps(rec)
+    assert "secret" not in text and "a:b@" not in text
+    assert rec["message"] == "cannot open rtsp://***@host/s" and rec["objects"] == objects
