@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def decode_all(decoder, feats: np.ndarray, vocab, beam: int, max_len: int, length_penalty,
-               batch: int = 200, block_repeat_ngram: int = 0) -> list[list[str]]:
+               batch: int = 200, block_repeat_ngram: int = 0, guides: list | None = None) -> list[list[str]]:
+    """Captions (token lists) of every row of ``feats``; ``guides``: one ``ObjectGuide`` or None
+    per row (beam search only)."""
     from streamcap.caption.decode import beam_search, greedy
 
     kw = {} if length_penalty is None else {"length_penalty": length_penalty}
@@ -77,8 +79,8 @@ def decode_all(decoder, feats: np.ndarray, vocab, beam: int, max_len: int, lengt
             res = greedy(decoder, f, max_len=max_len, **kw)
             out.extend(vocab.decode_tokens(ids) for ids, _ in res)
         else:
-            res = beam_search(decoder, f, beam=beam, max_len=max_len,
-                              block_repeat_ngram=block_repeat_ngram, **kw)
+            res = beam_search(decoder, f, beam=beam, max_len=max_len, block_repeat_ngram=block_repeat_ngram,
+                              guides=guides[s:s + batch] if guides is not None else None, **kw)
             out.extend(vocab.decode_tokens(r[0][0]) if r else [] for r in res)
     return out
 

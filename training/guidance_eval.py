@@ -90,21 +90,10 @@ def object_agreement(hyps: list[list[str]], present: list[set[str]]) -> tuple[fl
     return right, exact
 
 
-def caption_all(decoder, feats: np.ndarray, vocab, beam: int, max_len: int, guides, batch: int = 100):
-    from streamcap.caption.decode import beam_search
-
-    out = []
-    for s in range(0, len(feats), batch):
-        f = torch.from_numpy(np.asarray(feats[s:s + batch], dtype=np.float32))
-        g = guides[s:s + batch] if guides is not None else None
-        res = beam_search(decoder, f, beam=beam, max_len=max_len, guides=g)
-        out.extend(vocab.decode_tokens(r[0][0]) if r else [] for r in res)
-    return out
-
-
 def run(args) -> dict:
     from streamcap.caption.checkpoint import load_checkpoint
     from streamcap.caption.guidance import ObjectGuide
+    from training.evaluate import decode_all
     from training.features import build_cache
     from training.metrics import CiderD, bleu
 
@@ -132,7 +121,7 @@ def run(args) -> dict:
         if setting is not None:
             guides = [ObjectGuide(p, stoi, len(ck.vocab), bonus=setting[0], penalty=setting[1]) if p else None
                       for p in present]
-        hyps = caption_all(ck.decoder, feats, ck.vocab, args.beam, args.max_len, guides)
+        hyps = decode_all(ck.decoder, feats, ck.vocab, args.beam, args.max_len, None, batch=100, guides=guides)
         m = bleu(hyps, refs)
         row = {"bonus": setting[0] if setting else None, "penalty": setting[1] if setting else None,
                "bleu4": round(m["bleu4"], 4), "cider_d": round(cider.score(hyps)[0], 4),
