@@ -98,3 +98,30 @@ def test_project_dim_is_refused(small, capsys):
     assert main(common(root, root / "bad") + ["--fine-tune-blocks", "2"]) == 2  # TINY has --project-dim 32
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --fine-tune-blocks cannot be combined with --project-dim"]
+
+
+def test_scst_from_a_fine_tuned_checkpoint_keeps_its_encoder(trained, capsys):
+    """SCST trains the decoder on features of the init's fine-tuned (now frozen) encoder, and
+    every checkpoint it writes, the fp16 export included, carries that encoder."""
+    from streamcap.caption.checkpoint import load_checkpoint
+    from training.features import weights_tag
+    from training.train import main
+
+    root, _ = trained
+    init = load_checkpoint(root / "run" / "best.pt")
+    out, export = root / "scst", root / "scst_small.pt"
+    assert main(common(root, out) + ["--project-dim", "0", "--scst", "--init", str(root / "run" / "best.pt"),
+                                     "--scst-images", "3", "--scst-samples", "2", "--scst-epochs", "1",
+                                     "--export", str(export)]) == 0, capsys.readouterr().err
+    # the features were cached with the fine-tuned weights (the cache key holds their hash)
+    assert any(weights_tag(init.encoder_state) in p.name for p in (root / "cache").glob("*.f16"))
+    for path in (out / "best.pt", export):
+        ck = load_checkpoint(path)
+        assert ck.train_info["objective"] == "scst" and ck.encoder_state is not None
+        for k in ("body._conv_head.weight", "body._blocks.15._project_conv.weight"):
+            assert torch.allclose(ck.encoder_state[k].float(), init.encoder_state[k].float(), atol=1e-2)
+    saved = torch.load(export, map_location="cpu", weights_only=True)
+    assert saved["encoder_state"]["body._conv_head.weight"].dtype == torch.float16
+    resume = torch.load(out / "resume.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(resume["encoder_state"]["body._conv_head.weight"],
+                       init.encoder_state["body._conv_head.weight"])

@@ -127,9 +127,9 @@ def load_init(args):
     if ck.encoder_name != args.encoder:
         raise BadInputError(f"--init {args.init} was trained on {ck.encoder_name} features; "
                             f"pass --encoder {ck.encoder_name}")
-    if ck.encoder_state is not None:
-        raise BadInputError(f"--init {args.init} has a fine-tuned encoder; SCST runs on the "
-                            "pretrained encoder's cached features")
+    # a fine-tuned encoder stays frozen here: its features are cached (keyed on a hash of its
+    # weights) and its weights are carried into every checkpoint SCST writes
+    args.encoder_state = ck.encoder_state
     if ck.input_size != args.image_size:
         raise BadInputError(f"--init {args.init} was trained on {ck.input_size}px images; "
                             f"pass --image-size {ck.input_size}")

@@ -153,7 +153,8 @@ class Prepared:
             return
         names = sorted(set(self.train_images) | set(self.dev_images))
         cache = build_cache(names, args.images, args.cache_dir, args.encoder, args.image_size,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress,
+                            encoder_state=getattr(args, "encoder_state", None))
         self.train_feats = cache.rows(self.train_images)  # (N, L, C) float16 in RAM
         self.dev_feats = cache.rows(self.dev_images)
         self.flip_feats = None
@@ -188,6 +189,8 @@ def load_resume(args) -> dict | None:
     args.vocab = Vocab.from_dict(resume["vocab"])
     if resume.get("projection") is not None:
         args.projection = resume["projection"].numpy()
+    if int(resume.get("fine_tune_blocks", 0)) == 0 and resume.get("encoder_state") is not None:
+        args.encoder_state = resume["encoder_state"]  # SCST on a fine-tuned, now frozen, encoder
     if int(resume.get("fine_tune_blocks", 0)) != args.fine_tune_blocks:
         raise BadInputError(f"--resume {rpath} was trained with --fine-tune-blocks "
                             f"{int(resume.get('fine_tune_blocks', 0))}; pass the same value")

@@ -91,6 +91,8 @@ def export_small(src: Path, dst: Path) -> Path:
         return v
 
     ckpt["state_dict"] = {k: small(v) for k, v in ckpt["state_dict"].items()}
+    if ckpt.get("encoder_state") is not None:
+        ckpt["encoder_state"] = {k: small(v) for k, v in ckpt["encoder_state"].items()}
     ckpt["train_info"] = dict(ckpt.get("train_info") or {}, state_dict_dtype="float16")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
@@ -270,12 +272,19 @@ class Trainer:
         info.update(extra or {})
         return info
 
+    def encoder_state(self) -> dict | None:
+        """Encoder weights to save: the one being fine-tuned, else a fine-tuned one the run
+        started from and keeps frozen (SCST from such a checkpoint), else None (pretrained)."""
+        if self.encoder is not None:
+            return {k: v.cpu() for k, v in self.encoder.state_dict().items()}
+        return getattr(self.args, "encoder_state", None)
+
     def save_model(self, name: str, metrics: dict | None = None, extra: dict | None = None) -> None:
         from streamcap.caption.checkpoint import save_checkpoint
 
         info = self.train_info({**{"dev_" + k: v for k, v in (metrics or {}).items()}, **(extra or {})})
         save_checkpoint(self.args.out / name, self.shippable(), self.vocab, self.args.encoder, info,
-                        encoder_state=None if self.encoder is None else self.encoder.state_dict(),
+                        encoder_state=self.encoder_state(),
                         input_size=self.args.image_size)
 
     def save_resume(self) -> None:
@@ -289,8 +298,7 @@ class Trainer:
                     "projection": (None if self.projection is None
                                    else torch.from_numpy(self.projection)),
                     "fine_tune_blocks": self.args.fine_tune_blocks,
-                    "encoder_state": (None if self.encoder is None else
-                                      {k: v.cpu() for k, v in self.encoder.state_dict().items()})},
+                    "encoder_state": self.encoder_state()},
                    out / "resume.pt.tmp")
         (out / "resume.pt.tmp").replace(out / "resume.pt")
 
