@@ -177,7 +177,16 @@ class JsonlSink:
     def write_record(self, record: dict[str, Any]) -> None:
         """Append a record built by ``make_record`` (the record tap builds it once, adds to it,
         writes it here and hands the same dict to its subscribers)."""
-        data = record_line(record).encode("utf-8")
+        self._append(record_line(record).encode("utf-8"), 1)
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Append complete JSON lines (each without its newline, already built by
+        ``record_line`` somewhere: the Ray driver forwards its actors' lines) with one write,
+        all or none of them, as ``write_record`` does for one."""
+        if lines:
+            self._append(("\n".join(lines) + "\n").encode("utf-8"), len(lines))
+
+    def _append(self, data: bytes, count: int) -> None:
         with self._lock:
             if self._fd is None or self._broken:
                 return
@@ -198,7 +207,7 @@ class JsonlSink:
                     except OSError:
                         pass
                 raise StageError(f"cannot write log {self.path}: {err.strerror or err}") from None
-            self.lines += 1
+            self.lines += count
 
     def close(self) -> None:
         with self._lock:

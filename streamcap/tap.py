@@ -122,6 +122,33 @@ class RecordTap:
             raise error
         return record
 
+    @property
+    def takes_encoded(self) -> bool:
+        """Whether ``write_encoded`` may be used: no enricher (it could change a record after
+        its line was built)."""
+        return not self._enrichers
+
+    def write_encoded(self, items: list[tuple[dict, str]]) -> None:
+        """Log and deliver records that arrive built and encoded: ``(record, line)`` pairs, the
+        line being exactly ``record_line(record)`` without its newline (the Ray driver's
+        forwarded lines). One write for all of them; then every subscriber gets each record,
+        in order. Raises as ``write`` does."""
+        if not items:
+            return
+        with self._lock:
+            error: BaseException | None = None
+            if self.jsonl is not None:
+                try:
+                    self.jsonl.write_lines([line for _, line in items])
+                except BaseException as err:  # delivered anyway; raised below
+                    error = err
+            self.records += len(items)
+            for record, _ in items:
+                for fn in self._subscribers:
+                    self._call(fn, record)
+        if error is not None:
+            raise error
+
     # -- frames ------------------------------------------------------------------------------------
     def on_frame(self, result: Any, image: Any) -> None:
         """The pipeline's ``on_frame``: every frame subscriber, then the event store (so an alert

@@ -128,3 +128,50 @@ def test_urls_on_the_command_line_are_one_group_each():
     cfg = groups_for_urls(["rtsp://u:pw@h1/s", "rtsp://h2/s"])
     assert list(cfg.groups) == ["cam1", "cam2"]
     assert cfg.cameras[0].url == "rtsp://u:pw@h1/s" and "pw" not in cfg.cameras[0].name
+
+
+def test_forwarded_lines_extend_as_text_equal_to_a_rebuild_and_go_out_in_one_write(tmp_path, monkeypatch):
+    """The driver's fast path: an actor's own log line gains node/group/seq as text, exactly the
+    line ``make_record`` would build again; an answer's run of such lines is one write. A line
+    holding a URL (redaction) or not JSON takes the rebuild, in the file's order."""
+    from streamcap.sinks import JsonlSink, make_record, record_line
+    from streamcap.tap import RecordTap
+
+    cfg = parse({"cameras": [{"name": "door", "url": "rtsp://h/s"}]}, env={})
+    log = tmp_path / "merged.jsonl"
+    sink = JsonlSink(log).open()
+    tap = RecordTap(sink)
+    seen = []
+    tap.subscribe(seen.append)
+    mon = ClusterMonitor(cfg, {}, sink=tap, local_dir=str(tmp_path))
+    st = _GroupState(group=cfg.groups["door"], actor=None)
+    mon.states["door"] = st
+
+    def actor_line(event, **kw):  # what the actor's JsonlSink wrote
+        return record_line(make_record(event, source="door", ts=1.5e9, **kw)).rstrip("\n")
+
+    lines = [actor_line("frame", frame_index=0, objects=[{"label": "dog", "score": 0.9, "box": [1, 2, 3, 4]}]),
+             actor_line("stage_error", message="rtsp://admin:pw@cam/s timed out"),
+             actor_line("caption", text="a dog runs", frame_index=1),
+             actor_line("frame", frame_index=2, objects=[]),
+             "not json"]
+    writes = []
+    append = sink._append
+    monkeypatch.setattr(sink, "_append", lambda data, n: (writes.append(n), append(data, n))[1])
+    mon._handle(st, _reply(tmp_path / "door.aaaaaaaa11.jsonl", 1, lines))
+    sink.close()
+
+    assert writes == [1, 1, 2, 1]  # frame | URL line rebuilt | caption+frame at once | unparsed
+    got = log.read_text().splitlines()
+    node = "127.0.0.2-aaaaaa"
+    for seq in (1, 3, 4):
+        rec = json.loads(lines[seq - 1])
+        event, source = rec.pop("event"), rec.pop("source")
+        rebuilt = record_line(make_record(event, source=source, **rec, node=node, group="door", seq=seq))
+        assert got[seq - 1] == rebuilt.rstrip("\n")
+    url = json.loads(got[1])
+    assert "pw" not in got[1] and url["message"].startswith("rtsp://") and url["seq"] == 2
+    assert json.loads(got[4])["event"] == "unparsed" and json.loads(got[4])["seq"] == 5
+    assert [r["event"] for r in seen] == ["frame", "stage_error", "caption", "frame", "unparsed"]
+    assert [r["seq"] for r in seen] == [1, 2, 3, 4, 5] and all(r["node"] == node for r in seen)
+    assert tap.records == 5 and st.consumed == {str(tmp_path / "door.aaaaaaaa11.jsonl"): 5}
