@@ -147,7 +147,7 @@ class ClusterMonitor:
         added. A line the actor's own log wrote (``record_line``: redacted, compact) is extended
         as text and the answer's lines go out in one write; anything else (a line holding a URL,
         naming one of the added keys, or not JSON) is rebuilt by ``make_record`` as before."""
-        fast = getattr(self.sink, "takes_encoded", False) and self.sink.takes_encoded
+        fast = getattr(self.sink, "takes_encoded", False)  # a RecordTap without enrichers
         added = {"node": node, "group": st.group.name}
         clash = _ADDED.union(extra)
         batch: list[tuple[dict, str]] = []
