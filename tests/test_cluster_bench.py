@@ -38,3 +38,22 @@ def test_looped_clip_has_every_frame_n_times_and_plain_run_counts_them(tmp_path)
     fig = bench.run_plain(1, 0.0, clip, saturate=True)
     assert fig["frames"] == 3 * one  # nothing dropped
     assert fig["steady_fps"] > 0 and fig["steady_cpu_ms_per_frame"] > 0
+
+
+def test_overhead_is_the_median_of_back_to_back_pairs():
+    pairs = [({"steady_cpu_ms_per_frame": 2.0, "steady_fps": 100.0}, {"steady_cpu_ms_per_frame": 2.2, "steady_fps": 80.0}),
+             ({"steady_cpu_ms_per_frame": 4.0, "steady_fps": 90.0}, {"steady_cpu_ms_per_frame": 6.0, "steady_fps": 90.0}),
+             ({"steady_cpu_ms_per_frame": 3.0}, {"steady_cpu_ms_per_frame": 3.0}),
+             ({"steady_cpu_ms_per_frame": None}, {"steady_cpu_ms_per_frame": 1.0})]  # a run without a window
+    cpu = bench.pair_overheads(pairs)
+    assert cpu["pairs"] == 3 and cpu["each"] == [0.1, 0.5, 0.0]
+    assert cpu["median"] == 0.1  # not the ratio of the medians (3.0 / 3.0 - 1 = 0)
+    assert (cpu["plain_median"], cpu["ray_median"]) == (3.0, 3.0)
+    fps = bench.pair_overheads(pairs, key="steady_fps", higher_is_worse=False)
+    assert fps["each"] == [0.25, 0.0] and fps["median"] == 0.125  # plain's frames a second over Ray's
+    assert bench.pair_overheads([]) == {"pairs": 0}
+
+
+def test_overhead_mode_needs_at_least_one_pair():
+    with pytest.raises(SystemExit, match="--repeat"):
+        bench.main(["--overhead", "--repeat", "0"])

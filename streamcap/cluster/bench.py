@@ -3,6 +3,7 @@ cameras on 1 and 2 local Ray nodes, and the Ray path's overhead against plain ``
 
     python -m streamcap.cluster.bench --cameras 1,2,4,8 --nodes 1,2 [--model-ms 2] [--json out.json]
     python -m streamcap.cluster.bench --cameras 1,4,8 --nodes 1 --saturate
+    python -m streamcap.cluster.bench --cameras 1,4,8 --overhead --repeat 3 --loops 3
 
 Each camera plays the sample clip at its own frame rate (a live source: newest frame wins); the
 model is a fake that sleeps ``--model-ms`` per frame, so the engine and the Ray path are what is
@@ -17,6 +18,13 @@ the monitor process; Ray: the driver and every process of the cluster, Ray's own
 per frame, and for Ray also split into streamcap's processes (driver and actors) and Ray's own
 daemons and idle workers. The clusters run with Ray's default health checks and, unless
 ``--loud``, with ``cluster.quiet``'s settings.
+
+``--overhead`` measures only the Ray path's overhead, which single runs of the above leave
+uncertain (the same configuration moves by tens of percent between runs): on one node, plain
+monitor and the Ray path with all cameras in one actor run in turn, each camera count
+``--repeat`` times, and the overhead is the median of the pairs' ratios (each pair runs back
+to back, so a change in the machine's load hits both). The one-node cluster stays up
+throughout, idle while plain monitor runs.
 """
 
 from __future__ import annotations
@@ -243,14 +251,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--saturate", action="store_true",
                     help="read the clip as fast as the engine takes it (nothing dropped): frames a second are "
                          "the throughput, and the overhead is plain monitor's throughput over the Ray path's")
+    ap.add_argument("--overhead", action="store_true",
+                    help="only the overhead on one node: plain monitor and all cameras in one actor, in turn, "
+                         "--repeat times; the median of the pairs' ratios")
+    ap.add_argument("--repeat", type=int, default=3, help="pairs per camera count with --overhead (default 3)")
     ap.add_argument("--loops", type=int, default=None,
                     help="play the clip this many times in a row (default: 1; 20 with --saturate)")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.cameras.split(",")]
+    if args.repeat < 1:
+        raise SystemExit("error: --repeat must be 1 or more")
     loops = args.loops if args.loops is not None else (20 if args.saturate else 1)
     with tempfile.TemporaryDirectory(prefix="streamcap-bench-") as tmp:
         clip = looped(args.clip, loops, Path(tmp)) if loops > 1 else args.clip
-        _main(args, counts, clip, loops)
+        (_overhead if args.overhead else _main)(args, counts, clip, loops)
 
 
 def looped(clip: Path, loops: int, folder: Path) -> Path:
@@ -266,6 +280,94 @@ def looped(clip: Path, loops: int, folder: Path) -> Path:
     return out
 
 
+def pair_overheads(pairs: list[tuple[dict, dict]], key: str = "steady_cpu_ms_per_frame",
+                   higher_is_worse: bool = True) -> dict:
+    """Each (plain, ray) pair's ratio minus one, their median, and each side's median figure.
+    ``higher_is_worse=False`` for frames a second (plain's over the Ray path's)."""
+    ratios, plain, ray = [], [], []
+    for p, r in pairs:
+        a, b = p.get(key), r.get(key)
+        if a and b:
+            plain.append(a)
+            ray.append(b)
+            ratios.append(b / a - 1 if higher_is_worse else a / b - 1)
+    if not ratios:
+        return {"pairs": 0}
+    return {"pairs": len(ratios), "each": [round(x, 3) for x in ratios], "median": round(statistics.median(ratios), 3),
+            "plain_median": round(statistics.median(plain), 3), "ray_median": round(statistics.median(ray), 3)}
+
+
+def _start_cluster(args, nodes: int):
+    """A loopback cluster and this process's Ray connection to it (one token for every cluster:
+    Ray reads its authentication settings when imported)."""
+    import secrets
+
+    from streamcap.cluster.loopback import LoopbackCluster
+
+    token = os.environ.get("RAY_AUTH_TOKEN") or secrets.token_hex(16)
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    if not args.loud:
+        from streamcap.cluster import quiet
+
+        quiet.apply()
+    import ray
+
+    repo = str(Path(__file__).resolve().parents[2])
+    # Ray's default health checks (the tests' fast ones cost more), quiet unless --loud.
+    cluster = LoopbackCluster(workers=nodes - 1, cpus=8, env={"PYTHONPATH": repo}, token=token,
+                              health_check_ms=None, quiet=not args.loud)
+    cluster.start()
+    try:
+        ray.init(address=cluster.address, _node_ip_address=cluster.head_ip, log_to_driver=False,
+                 configure_logging=False)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _overhead(args, counts: list[int], clip: Path, loops: int) -> None:
+    sat = args.saturate
+    results: dict = {"mode": "overhead", "load_before": os.getloadavg(), "cpus": os.cpu_count(),
+                     "model_ms": args.model_ms, "saturate": sat, "clip_loops": loops, "repeat": args.repeat,
+                     "quiet": not args.loud, "runs": {n: [] for n in counts}}
+    cluster = _start_cluster(args, 1)
+    import ray  # after _start_cluster: Ray reads the token when imported
+
+    try:
+        for r in range(args.repeat):
+            for n in counts:
+                plain = run_plain(n, args.model_ms, clip, saturate=sat)
+                one = run_ray(n, args.model_ms, clip, cluster, one_group=True, saturate=sat)
+                results["runs"][n].append({"plain": plain, "ray_one_actor": one})
+                pc, rc = plain.get("steady_cpu_ms_per_frame"), one.get("steady_cpu_ms_per_frame")
+                ratio = f"{rc / pc - 1:+.1%}" if pc and rc else "n/a"
+                print(f"pair {r + 1}/{args.repeat}, {n} cameras: CPU per frame plain {pc} ms, Ray {rc} ms ({ratio}); "
+                      f"Ray's daemons {one.get('steady_cpu_ms_per_frame_ray_daemons')} ms; "
+                      f"merged-log latency p50 {one.get('latency_p50_ms')} ms", flush=True)
+    finally:
+        ray.shutdown()
+        cluster.stop()
+    results["load_after"] = os.getloadavg()
+    results["overhead_cpu_per_frame"] = {
+        n: pair_overheads([(x["plain"], x["ray_one_actor"]) for x in runs]) for n, runs in results["runs"].items()}
+    results["ray_daemons_ms_per_frame_median"] = {
+        n: statistics.median([x["ray_one_actor"].get("steady_cpu_ms_per_frame_ray_daemons") or 0.0 for x in runs])
+        for n, runs in results["runs"].items()}
+    if sat:
+        results["overhead_throughput"] = {
+            n: pair_overheads([(x["plain"], x["ray_one_actor"]) for x in runs], key="steady_fps",
+                              higher_is_worse=False) for n, runs in results["runs"].items()}
+    for n in counts:
+        o = results["overhead_cpu_per_frame"][n]
+        if o.get("pairs"):
+            print(f"{n} cameras: CPU per frame, median of {o['pairs']}: plain {o['plain_median']} ms, "
+                  f"Ray {o['ray_median']} ms; overhead median {o['median']:+.1%} (each: "
+                  f"{', '.join(f'{x:+.0%}' for x in o['each'])})", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
 def _main(args, counts: list[int], clip: Path, loops: int) -> None:
     sat = args.saturate
     results: dict = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "model_ms": args.model_ms,
@@ -273,30 +375,13 @@ def _main(args, counts: list[int], clip: Path, loops: int) -> None:
     for n in counts:
         results["plain"][n] = run_plain(n, args.model_ms, clip, saturate=sat)
         print(f"plain monitor, {n} cameras: {results['plain'][n]}", flush=True)
-    import secrets
-
-    from streamcap.cluster.loopback import LoopbackCluster
-
-    # Ray reads its authentication settings when imported: one token for every cluster here.
-    token = secrets.token_hex(16)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
-    if not args.loud:
-        from streamcap.cluster import quiet
-
-        quiet.apply()
     results["quiet"] = not args.loud
-    import ray
-
-    repo = str(Path(__file__).resolve().parents[2])
     for nodes in (int(x) for x in args.nodes.split(",")):
-        # Ray's default health checks (the tests' fast ones cost more), quiet unless --loud.
-        cluster = LoopbackCluster(workers=nodes - 1, cpus=8, env={"PYTHONPATH": repo}, token=token,
-                                  health_check_ms=None, quiet=not args.loud)
+        t0 = time.monotonic()
+        cluster = _start_cluster(args, nodes)
+        import ray  # after _start_cluster: Ray reads the token when imported
+
         try:
-            t0 = time.monotonic()
-            cluster.start()
-            ray.init(address=cluster.address, _node_ip_address=cluster.head_ip, log_to_driver=False,
-                     configure_logging=False)
             results["ray"][nodes] = {"cluster_start_s": round(time.monotonic() - t0, 1)}
             for n in counts:
                 results["ray"][nodes][n] = run_ray(n, args.model_ms, clip, cluster, saturate=sat)

@@ -86,10 +86,21 @@ class LoopbackCluster:
         """Quiet: no log monitor (it tails every worker's log for drivers; ours sets log_to_driver=False)."""
         return ["--include-log-monitor=false"] if self.quiet else []
 
+    def _head_extras(self) -> list[str]:
+        """Quiet: no autoscaler monitor (a fixed cluster; the GCS, not the monitor, notices a dead
+        node). Ray's client server only where Ray has it (``ray[client]``; plain ``ray`` refuses
+        the flag), on a free port so that clusters side by side do not clash on 10001."""
+        import importlib.util
+
+        extras = ["--no-monitor"] if self.quiet else []
+        if importlib.util.find_spec("grpc") is not None:
+            extras += ["--ray-client-server-port", str(_free_port(self.head_ip))]
+        return extras
+
     def start(self) -> "LoopbackCluster":
         self._ray("--head", "--node-ip-address", self.head_ip, "--port", str(self.port),
                   "--include-dashboard=false", "--temp-dir", self.temp_dir, *self._log_monitor(),
-                  "--ray-client-server-port", str(_free_port(self.head_ip)))
+                  *self._head_extras())
         for ip in self.ips[1:]:
             self._ray("--address", self.address, "--node-ip-address", ip, *self._log_monitor())
         return self
