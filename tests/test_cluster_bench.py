@@ -1,9 +1,13 @@
-"""The Ray benchmark's saturated mode (no Ray needed): files read as fast as the engine takes
-them, nothing dropped, and the clip looped without re-encoding."""
+"""The Ray benchmark: the saturated mode (no Ray needed: files read as fast as the engine takes
+them, nothing dropped, the clip looped without re-encoding), the overhead as the median of
+back-to-back pairs, and the fixed costs of an idle node, actor and driver (on a real node)."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 
 import cv2
 import pytest
@@ -57,3 +61,25 @@ def test_overhead_is_the_median_of_back_to_back_pairs():
 def test_overhead_mode_needs_at_least_one_pair():
     with pytest.raises(SystemExit, match="--repeat"):
         bench.main(["--overhead", "--repeat", "0"])
+
+
+def test_idle_mode_names_each_daemon_and_refuses_no_time():
+    assert [bench._role(c) for c in ("/x/ray/core/src/ray/gcs/gcs_server --log_dir=/t", "/x/raylet/raylet --store",
+                                     "ray::DashboardAgent", "ray::RuntimeEnvAgent", "python /x/dashboard/dashboard.py",
+                                     "python -u /x/autoscaler/_private/monitor.py", "ray::IdleActor")] == \
+        ["gcs_server", "raylet", "dashboard_agent", "runtime_env_agent", "dashboard", "autoscaler_monitor", "other"]
+    with pytest.raises(SystemExit, match="--idle"):
+        bench.main(["--idle", "0"])
+
+
+@pytest.mark.slow
+def test_idle_mode_measures_a_real_node_an_actor_and_its_answers(tmp_path):
+    pytest.importorskip("ray", reason="pip install 'streamcap[ray]'")
+    # a process of its own: Ray reads its token when imported, and this one may have imported it
+    subprocess.run([sys.executable, "-m", "streamcap.cluster.bench", "--idle", "2", "--json", str(tmp_path / "idle.json")],
+                   cwd=REPO, check=True, capture_output=True, timeout=300)
+    out = json.loads((tmp_path / "idle.json").read_text())
+    assert {"gcs_server", "raylet"} <= set(out["daemons_cores"])
+    assert "autoscaler_monitor" not in out["daemons_cores"]  # quiet: no monitor
+    assert out["answers_per_s"] > 0 and out["idle_actor_cores"] >= 0
+    assert out["cpu_ms_per_answer_driver"] is not None and out["quiet"] is True

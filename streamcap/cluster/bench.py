@@ -4,6 +4,7 @@ cameras on 1 and 2 local Ray nodes, and the Ray path's overhead against plain ``
     python -m streamcap.cluster.bench --cameras 1,2,4,8 --nodes 1,2 [--model-ms 2] [--json out.json]
     python -m streamcap.cluster.bench --cameras 1,4,8 --nodes 1 --saturate
     python -m streamcap.cluster.bench --cameras 1,4,8 --overhead --repeat 3 --loops 3
+    python -m streamcap.cluster.bench --idle 30
 
 Each camera plays the sample clip at its own frame rate (a live source: newest frame wins); the
 model is a fake that sleeps ``--model-ms`` per frame, so the engine and the Ray path are what is
@@ -25,6 +26,12 @@ monitor and the Ray path with all cameras in one actor run in turn, each camera 
 ``--repeat`` times, and the overhead is the median of the pairs' ratios (each pair runs back
 to back, so a change in the machine's load hits both). The one-node cluster stays up
 throughout, idle while plain monitor runs.
+
+``--idle SECONDS`` measures the Ray path's fixed costs, those that do not grow with the frames:
+what an idle one-node cluster's processes spend, then an idle actor (as ``CameraGroup`` is
+made: threaded, half a CPU) and this driver, then the same while the driver asks the actor
+back to back as the cluster driver does (each call answered after ``LINGER_S``): the CPU per
+answer in each.
 """
 
 from __future__ import annotations
@@ -79,6 +86,17 @@ class _Factory:
 
     def __call__(self) -> FakeModel:
         return FakeModel(self.ms, self.person)
+
+
+class IdleActor:
+    """Does nothing but answer: what an actor costs before it runs anything (``--idle``)."""
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def wait(self, seconds: float) -> int:
+        time.sleep(seconds)
+        return 1
 
 
 def _job(names: list[str], clip: Path, saturate: bool = False):
@@ -255,16 +273,103 @@ def main(argv: list[str] | None = None) -> None:
                     help="only the overhead on one node: plain monitor and all cameras in one actor, in turn, "
                          "--repeat times; the median of the pairs' ratios")
     ap.add_argument("--repeat", type=int, default=3, help="pairs per camera count with --overhead (default 3)")
+    ap.add_argument("--idle", type=float, default=None, metavar="SECONDS",
+                    help="only the fixed costs: an idle node's daemons, an idle actor and the driver, and the CPU "
+                         "per answer, each over SECONDS")
     ap.add_argument("--loops", type=int, default=None,
                     help="play the clip this many times in a row (default: 1; 20 with --saturate)")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.cameras.split(",")]
     if args.repeat < 1:
         raise SystemExit("error: --repeat must be 1 or more")
+    if args.idle is not None:
+        if not args.idle > 0:
+            raise SystemExit("error: --idle must be more than 0 seconds")
+        out = idle_costs(args)
+        print(json.dumps(out, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+        return
     loops = args.loops if args.loops is not None else (20 if args.saturate else 1)
     with tempfile.TemporaryDirectory(prefix="streamcap-bench-") as tmp:
         clip = looped(args.clip, loops, Path(tmp)) if loops > 1 else args.clip
         (_overhead if args.overhead else _main)(args, counts, clip, loops)
+
+
+def _role(cmdline: str) -> str:
+    for key, name in (("gcs_server", "gcs_server"), ("raylet", "raylet"), ("DashboardAgent", "dashboard_agent"),
+                      ("RuntimeEnvAgent", "runtime_env_agent"), ("dashboard.py", "dashboard"),
+                      ("autoscaler", "autoscaler_monitor"), ("log_monitor", "log_monitor"),
+                      ("client", "ray_client_server")):
+        if key in cmdline:
+            return name
+    return "other"
+
+
+def _cores(procs: list[psutil.Process], seconds: float, busy=None) -> dict[int, float]:
+    """Each process's CPU over ``seconds`` (while ``busy()`` runs, if given, else asleep), in cores."""
+    before = {p.pid: _cpu([p]) for p in procs}
+    t0 = time.monotonic()
+    if busy is None:
+        time.sleep(seconds)
+    else:
+        busy(t0 + seconds)
+    span = time.monotonic() - t0
+    return {p.pid: (_cpu([p]) - before[p.pid]) / span for p in procs}
+
+
+def idle_costs(args) -> dict:
+    """The Ray path's fixed costs (see the module's notes on ``--idle``)."""
+    from streamcap.cluster.driver import LINGER_S
+
+    seconds = args.idle
+    cluster = _start_cluster(args, 1)
+    import ray  # after _start_cluster: Ray reads the token when imported
+
+    out: dict = {"mode": "idle", "seconds": seconds, "quiet": not args.loud, "load_before": os.getloadavg(),
+                 "ray": ray.__version__, "dashboard_extras": _dashboard_extras()}
+    try:
+        time.sleep(5)  # past the node's start
+        procs = cluster.processes()
+        names = {}
+        for p in procs:
+            try:
+                names[p.pid] = _role(" ".join(p.cmdline()))
+            except psutil.NoSuchProcess:
+                names[p.pid] = "other"
+        by_role: dict[str, float] = {}
+        for pid, cores in _cores(procs, seconds).items():
+            by_role[names[pid]] = by_role.get(names[pid], 0.0) + cores
+        out["daemons_cores"] = {k: round(v, 4) for k, v in sorted(by_role.items())}
+        out["daemons_cores_total"] = round(sum(by_role.values()), 4)
+        actor = ray.remote(IdleActor).options(num_cpus=0.5, max_concurrency=4).remote()
+        me, worker = psutil.Process(), psutil.Process(ray.get(actor.pid.remote()))
+        time.sleep(2)
+        idle = _cores([me, worker], seconds)
+        out["idle_actor_cores"], out["idle_driver_cores"] = round(idle[worker.pid], 4), round(idle[me.pid], 4)
+        calls = [0]
+
+        def ask(until: float) -> None:
+            while time.monotonic() < until:
+                ray.get(actor.wait.remote(LINGER_S))
+                calls[0] += 1
+        busy = _cores([me, worker], seconds, busy=ask)
+        rate = calls[0] / seconds
+        out["answers_per_s"] = round(rate, 2)
+        out["cpu_ms_per_answer_driver"] = round(1000 * (busy[me.pid] - idle[me.pid]) / rate, 2)
+        out["cpu_ms_per_answer_actor"] = round(1000 * (busy[worker.pid] - idle[worker.pid]) / rate, 2)
+        ray.kill(actor)
+    finally:
+        ray.shutdown()
+        cluster.stop()
+    return out
+
+
+def _dashboard_extras() -> bool:
+    """Whether Ray's dashboard extras are installed (``ray[default]``: its daemons then do more)."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    return get_dashboard_dependency_error() is None
 
 
 def looped(clip: Path, loops: int, folder: Path) -> Path:

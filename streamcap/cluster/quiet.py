@@ -8,7 +8,10 @@ the environment wins.
   (streamcap's own ``--metrics-port`` and ``/metrics`` come from the records, not from Ray);
 - task events off: workers stop reporting each call to the GCS every second (Ray's
   state API and dashboard timeline go without them; restarts and placement do not use them);
-- no prestarted idle workers: an actor's worker starts when it is placed;
+- no prestarted idle workers, neither at start nor when the first driver connects: an actor's
+  worker starts when it is placed (a second or two, at start and after a fault). An idle
+  worker is not free: Ray wakes every worker's main thread every 10 ms to check for signals,
+  0.007 of a core each here, and the first driver used to get two;
 - the memory monitor polls once a second instead of four times (it still kills a worker
   before the node runs out of memory);
 - the raylet's housekeeping timers tick less often: the object store's disk check every 1 s
@@ -30,6 +33,7 @@ QUIET_ENV = {
     "RAY_enable_metrics_collection": "0",
     "RAY_enable_task_events": "0",
     "RAY_enable_worker_prestart": "0",
+    "RAY_prestart_worker_first_driver": "0",
     "RAY_memory_monitor_refresh_ms": "1000",
     "RAY_local_fs_monitor_interval_ms": "1000",
     "RAY_object_manager_timer_freq_ms": "1000",
