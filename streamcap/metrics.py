@@ -6,7 +6,10 @@ alone on 127.0.0.1 when there is no dashboard). Values come from:
 
 - ``stats`` records: input and processed fps, frames read and processed, dropped frames,
   latency: for the whole run as ``camera="all"``, and per camera from a ``sources`` breakdown
-  ({name: {field: value}}) when the record has one; the ``end`` record's final counts;
+  ({name: {field: value}}) when the record has one; the ``end`` record's final counts. Under
+  ``monitor --ray`` each camera group's actor reports its own run (the driver adds ``group``):
+  ``camera="all"`` is then the sum over the groups (fps, frames, drops), their latency
+  averaged by processed fps, and the largest of their latency maxima;
 - ``source_status``: connected (1/0), reconnects, lost connections, failed connects;
 - ``frame``: the latency of the last frame record per camera;
 - ``caption``, ``alert``, ``stage_error``, ``delivery_failed``/``delivery_dropped``: counts.
@@ -36,11 +39,37 @@ _STATS = {
 }
 
 
+def _take(into: dict[str, float], values: dict) -> None:
+    for key in _STATS:
+        v = values.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            into[key] = v
+
+
+def _combine(groups: list[dict[str, float]]) -> dict[str, float]:
+    """Several engines' run figures as one run's: sums, the latency averaged by processed fps
+    (evenly where no group reports fps), the largest maximum."""
+    out: dict[str, float] = {}
+    for key in ("input_fps", "processed_fps", "frames_in", "processed", "dropped"):
+        have = [g[key] for g in groups if key in g]
+        if have:
+            out[key] = sum(have)
+    lat = [(g["latency_ms"], g.get("processed_fps", 0.0)) for g in groups if "latency_ms" in g]
+    if lat:
+        weight = sum(w for _, w in lat)
+        out["latency_ms"] = sum(v * w for v, w in lat) / weight if weight > 0 else sum(v for v, _ in lat) / len(lat)
+    top = [g["latency_max_ms"] for g in groups if "latency_max_ms" in g]
+    if top:
+        out["latency_max_ms"] = max(top)
+    return out
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._lock = threading.Lock()
         self._stats: dict[str, dict[str, float]] = defaultdict(dict)  # camera -> stats field -> value
+        self._groups: dict[str, dict[str, float]] = defaultdict(dict)  # group -> its run's stats (monitor --ray)
         self._connected: dict[str, int] = {}
         self._status_counts: dict[tuple[str, str], int] = defaultdict(int)  # (camera, status)
         self._frame_latency: dict[str, float] = {}
@@ -58,7 +87,7 @@ class Metrics:
         camera = record.get("source") or RUN
         with self._lock:
             if event == "stats":
-                self._take_stats(RUN, record)
+                self._take_run(record, record)
                 per = record.get("sources")
                 if isinstance(per, dict):
                     for name, values in per.items():
@@ -67,7 +96,7 @@ class Metrics:
             elif event == "end":  # the run's final counts (fps and latency stay as last reported)
                 final = {"frames_in": record.get("frames_read"), "processed": record.get("processed"),
                          "dropped": record.get("dropped")}
-                self._take_stats(RUN, final)
+                self._take_run(record, final)
             elif event == "source_status":
                 status = str(record.get("status"))
                 self._status_counts[(camera, status)] += 1
@@ -94,10 +123,16 @@ class Metrics:
                 self._delivery_dropped[str(record.get("sink"))] += int(n) if isinstance(n, int) else 1
 
     def _take_stats(self, camera: str, values: dict) -> None:
-        for key in _STATS:
-            v = values.get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                self._stats[camera][key] = v
+        _take(self._stats[camera], values)
+
+    def _take_run(self, record: dict, values: dict) -> None:
+        """The run's own figures; a group's (``monitor --ray``) are combined with the others'."""
+        group = record.get("group")
+        if not isinstance(group, str):
+            self._take_stats(RUN, values)
+            return
+        _take(self._groups[group], values)
+        self._stats[RUN] = _combine(list(self._groups.values()))
 
     def text(self) -> bytes:
         """The Prometheus text exposition format (``CONTENT_TYPE``)."""

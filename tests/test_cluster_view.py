@@ -1,12 +1,14 @@
 """One view under --ray, without Ray: merged records reach the same record tap subscribers as a
 single-process monitor (dashboard state, metrics, search index), the actors' snapshots land in
-the driver's events folder, live frames reach the dashboard's tiles only while watched, and the
-actor-side outboxes stay bounded. Per-camera alert rules from cameras.yaml."""
+the driver's events folder (once each, kept in the node's spool until acknowledged), live frames
+reach the dashboard's tiles only while watched, and the actor-side outboxes stay bounded.
+Per-camera alert rules from cameras.yaml."""
 
 from __future__ import annotations
 
 import json
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import cv2
 import numpy as np
@@ -164,6 +166,49 @@ def test_snapshot_outbox_names_like_the_events_store_and_is_bounded(tmp_path):
     sent = box.take()
     assert [n for n, _ in sent] == names[1:] and all(d[:2] == b"\xff\xd8" for _, d in sent)
     assert box.take() == []
+
+
+def _snap(box, i, camera="door"):
+    rec = {"event": "caption", "source": camera, "changed": True, "frame_index": i, "time": "2026-01-01T00:00:00+00:00"}
+    box.enrich(rec)
+    res = _Result(camera, i)
+    res.caption = SimpleNamespace(frame_index=i)
+    box.on_frame(res, np.full((8, 8, 3), 40 * i, np.uint8))
+    return rec["snapshot"]
+
+
+def test_snapshots_wait_in_the_node_spool_until_the_driver_acknowledges_them(tmp_path):
+    spool = tmp_path / "door.aaaa.snapshots"
+    box = SnapshotOutbox(str(tmp_path / "events"), 10.0, spool=spool)
+    a, b, c = (_snap(box, i) for i in range(3))
+    assert len(list(spool.iterdir())) == 3
+    assert [n for n, _ in box.take()] == [a, b, c]
+    box.ack([a, b])  # the answer with c was lost on the way: c goes out again, first
+    d = _snap(box, 3)
+    assert [n for n, _ in box.take()] == [c, d] and box.resent == 1
+    assert sorted(p.name for p in spool.iterdir()) == sorted(f"{quote(n, safe='')}.snap" for n in (c, d))
+    # the actor crashes before the driver acknowledges c and d: its restart on this node sends them
+    again = SnapshotOutbox(str(tmp_path / "events"), 10.0, spool=spool)
+    e = _snap(again, 4)
+    again.ack([c])  # the driver had c after all (acknowledged to the old incarnation's successor)
+    sent = again.take()
+    assert [n for n, _ in sent] == [d, e] and all(data[:2] == b"\xff\xd8" for _, data in sent)
+    again.ack(None)  # without a list: everything sent is done (a driver that does not acknowledge)
+    assert list(spool.iterdir()) == [] and again.take() == []
+
+
+def test_the_driver_writes_a_resent_snapshot_once_and_acknowledges_each_answer(tmp_path):
+    tap = RecordTap()
+    store = driver_events(tmp_path / "events", 10.0, tap)
+    mon, st, _, _ = _cluster(tmp_path, events=store)
+    mon.sink = tap
+    one, two = (f"door-abc123/20260101T000000000Z-f000000{i}-caption.jpg" for i in (1, 2))
+    mon._handle(st, _reply(tmp_path, 1, [], snapshots=[(one, _jpeg())]))
+    assert st.acked == [one]
+    mon._handle(st, _reply(tmp_path, 1, [], snapshots=[(one, _jpeg(200)), (two, _jpeg())]))  # one sent again
+    assert st.acked == [one, two] and store.usage()["written"] == 2 and st.snapshots == 2
+    mon._handle(st, _reply(tmp_path, 1, []))
+    assert st.acked == []
 
 
 def test_camera_alerts_from_the_config_apply_to_their_camera_only():

@@ -1,7 +1,7 @@
 """One view on a real two-node Ray cluster on loopback: a camera's own alert rule fires in its
 actor (and only for that camera), the alert's snapshot reaches the driver's events folder as
-bytes over Ray, the driver's metrics count it, and a watched dashboard tile gets JPEG frames from
-the actors. The driver runs in a process of its own (Ray reads its token when imported)."""
+bytes over Ray, the driver's metrics count it (and their run-wide figures are both groups'),
+and a watched dashboard tile gets JPEG frames from the actors. The driver runs in a process of its own (Ray reads its token when imported)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,10 @@ def test_alerts_snapshots_and_live_tiles_over_two_nodes(tmp_path):
     assert [(a["source"], a["rule"]) for a in alerts] == [("cam2", "object:person")]
     assert (tmp_path / "events" / alerts[0]["snapshot"]).read_bytes()[:2] == b"\xff\xd8"
     assert 'streamcap_alerts_total{camera="cam2",rule="object:person"} 1.0' in result["metrics"]
+    ends = [r for r in records if r["event"] == "end"]  # one per group, each from its own actor
+    assert sorted(e["group"] for e in ends) == ["cam1", "cam2"]
+    total = sum(e["frames_read"] for e in ends)  # run-wide: both groups, not the last to end
+    assert f'streamcap_frames_read_total{{camera="all"}} {float(total)}' in result["metrics"]
     assert result["jpeg_head"] == "ffd8" and result["hub_encoded"] == 0  # the actor's JPEG, as sent
 
 

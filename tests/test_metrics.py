@@ -82,6 +82,30 @@ def test_per_camera_stats_when_the_record_has_them():
     assert s[("streamcap_input_fps", (("camera", "all"),))] == 50.0
 
 
+def test_run_wide_figures_combine_the_groups_of_a_ray_run():
+    """Under monitor --ray each group's actor reports its own run: camera="all" is all of them,
+    not whichever group reported last."""
+    m = Metrics()
+    m.on_record({"event": "stats", "source": None, "group": "a", "node": "n1", "input_fps": 10.0, "processed_fps": 10.0,
+                 "frames_in": 100, "processed": 90, "dropped": 10, "latency_ms": 50.0, "latency_max_ms": 80.0,
+                 "sources": {"cam1": {"input_fps": 10.0, "dropped": 10}}})
+    m.on_record({"event": "stats", "source": None, "group": "b", "node": "n2", "input_fps": 30.0, "processed_fps": 30.0,
+                 "frames_in": 300, "processed": 300, "dropped": 0, "latency_ms": 10.0, "latency_max_ms": 200.0,
+                 "sources": {"cam2": {"input_fps": 15.0}, "cam3": {"input_fps": 15.0}}})
+    m.on_record({"event": "stats", "source": None, "group": "a", "input_fps": 12.0, "processed_fps": 10.0,
+                 "frames_in": 112, "processed": 100, "dropped": 12, "latency_ms": 50.0, "latency_max_ms": 90.0})
+    s = samples(m)
+    run = (("camera", "all"),)
+    assert s[("streamcap_input_fps", run)] == 42.0  # the newest of each group, summed
+    assert (s[("streamcap_frames_read_total", run)], s[("streamcap_frames_processed_total", run)],
+            s[("streamcap_dropped_frames_total", run)]) == (412, 400, 12)
+    assert s[("streamcap_latency_ms", run)] == 20.0  # (50 * 10 + 10 * 30) / 40
+    assert s[("streamcap_latency_max_ms", run)] == 200.0
+    assert s[("streamcap_input_fps", (("camera", "cam3"),))] == 15.0
+    m.on_record({"event": "end", "source": None, "group": "b", "frames_read": 310, "processed": 310, "dropped": 0})
+    assert samples(m)[("streamcap_frames_read_total", run)] == 422  # group a's last stats + group b's end
+
+
 def test_own_registry_and_two_instances_apart():
     a, b = Metrics(), Metrics()
     a.on_record({"event": "alert", "source": "cam1", "rule": "r"})

@@ -89,7 +89,8 @@ class CameraGroup:
             Notifier(self.view["rules"], cameras=names).attach(tap)
         self.snapshots = self.frames = None
         if self.view.get("events_dir") is not None:
-            self.snapshots = SnapshotOutbox(self.view["events_dir"], self.view.get("events_max_mb") or 500.0)
+            self.snapshots = SnapshotOutbox(self.view["events_dir"], self.view.get("events_max_mb") or 500.0,
+                                            spool=self.path.with_suffix(".snapshots"))
             tap.events = self.snapshots
             tap.add_enricher(self.snapshots.enrich)
         if self.view.get("live"):
@@ -118,11 +119,14 @@ class CameraGroup:
 
     # -- called by the driver ------------------------------------------------------------------
     def fetch(self, since: dict[str, int], limit: int = 2000, wait_s: float = 0.5,
-              linger_s: float = 0.0) -> dict[str, Any]:
+              linger_s: float = 0.0, acked: list[str] | None = None) -> dict[str, Any]:
         """This incarnation's identity and the local log's lines after ``since[path]``. Waits up
         to ``wait_s`` for a first new line (the engine's record tap wakes it: the line is in the
         file before subscribers hear of it), then ``linger_s`` more so that one answer carries
-        several records (fewer calls, at that much latency)."""
+        several records (fewer calls, at that much latency). ``acked``: the snapshots the driver
+        has (None: all it was sent); the others sent before go out again."""
+        if self.snapshots is not None:
+            self.snapshots.ack(acked)
         key = str(self.path)
         start = int(since.get(key, 0))
         self._fresh.clear()

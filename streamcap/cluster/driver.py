@@ -59,6 +59,7 @@ class _GroupState:
     watching: tuple | None = None  # the cameras this incarnation was told to send frames of
     snapshots: int = 0
     snapshots_dropped: int = 0
+    acked: list = field(default_factory=list)  # the snapshots of the last answer, acknowledged in the next call
 
 
 def node_label(node_ip: str, node_id: str) -> str:
@@ -109,6 +110,7 @@ class ClusterMonitor:
         self.on_record = on_record
         self.duration_s = duration_s
         self.states: dict[str, _GroupState] = {}
+        self._stored: set[str] = set()  # snapshot names written into the events folder
         self._stop = threading.Event()
         self.reason: str | None = None
         self.lines = 0
@@ -213,7 +215,10 @@ class ClusterMonitor:
         st.done, st.exit_code, st.error = reply["done"], reply["exit_code"], reply["error"]
 
     def _take_snapshots(self, st: _GroupState, items, dropped: int) -> None:
-        """Write the actor's snapshots into the driver's events folder (names checked)."""
+        """Write the actor's snapshots into the driver's events folder (names checked), once
+        each (an actor sends again what it was not acknowledged), and acknowledge them all in
+        the next call."""
+        st.acked = [name for name, _ in items]
         if self.events is None:
             return
         for name, data in items:
@@ -222,7 +227,10 @@ class ClusterMonitor:
             except ValueError:
                 log.warning("group %s sent a snapshot outside the events folder: %r", st.group.name, name)
                 continue
+            if name in self._stored:
+                continue
             self.events.store(name, data)
+            self._stored.add(name)
             st.snapshots += 1
         if dropped > st.snapshots_dropped:
             self._write("snapshots_dropped", group=st.group.name, node=st.node, dropped=dropped - st.snapshots_dropped,
@@ -290,7 +298,7 @@ class ClusterMonitor:
                 continue  # ended (everything pulled), or failed a moment ago
             if st.pending is None:
                 linger = min(self.linger_s, 1.0 / self.view_fps) if st.watching and self.view_fps > 0 else self.linger_s
-                st.pending = st.actor.fetch.remote(dict(st.consumed), linger_s=linger)
+                st.pending = st.actor.fetch.remote(dict(st.consumed), linger_s=linger, acked=list(st.acked))
             by_ref[st.pending] = st
         if not by_ref:
             time.sleep(min(timeout, RETRY_S))
