@@ -5,12 +5,13 @@ Both are bounded and drop when the driver is behind: a live tile gets only the n
 its camera (one slot per camera, encoded when the driver asks, never in the writer thread), and
 snapshots wait in a queue of at most ``max_items``/``max_bytes`` (the oldest dropped, counted).
 
+Frames are drawn only for cameras the driver says someone watches (``watch``), at most ``fps``
+a second each; with no viewer the writer draws nothing extra.
+
 Snapshots are also kept in a spool folder on the node (beside the actor's local log) until the
 driver acknowledges them in its next call: a snapshot whose answer was lost is sent again, and
 an actor restarted on the same node sends what its predecessor had not got acknowledged. Only
 a snapshot on a node that is lost with its disk is lost (its record still names it).
-Frames are drawn only for cameras the driver says someone watches (``watch``), at most ``fps``
-a second each; with no viewer the writer draws nothing extra.
 """
 
 from __future__ import annotations
