@@ -445,9 +445,10 @@ def _overhead(args, counts: list[int], clip: Path, loops: int) -> None:
                 plain = run_plain(n, args.model_ms, clip, saturate=sat)
                 one = run_ray(n, args.model_ms, clip, cluster, one_group=True, saturate=sat)
                 results["runs"][n].append({"plain": plain, "ray_one_actor": one})
-                pc, rc = plain.get("steady_cpu_ms_per_frame"), one.get("steady_cpu_ms_per_frame")
-                ratio = f"{rc / pc - 1:+.1%}" if pc and rc else "n/a"
-                print(f"pair {r + 1}/{args.repeat}, {n} cameras: CPU per frame plain {pc} ms, Ray {rc} ms ({ratio}); "
+                pair = pair_overheads([(plain, one)])
+                ratio = f"{pair['median']:+.1%}" if pair["pairs"] else "n/a"
+                print(f"pair {r + 1}/{args.repeat}, {n} cameras: CPU per frame plain "
+                      f"{plain.get('steady_cpu_ms_per_frame')} ms, Ray {one.get('steady_cpu_ms_per_frame')} ms ({ratio}); "
                       f"Ray's daemons {one.get('steady_cpu_ms_per_frame_ray_daemons')} ms; "
                       f"merged-log latency p50 {one.get('latency_p50_ms')} ms", flush=True)
     finally:
@@ -456,9 +457,10 @@ def _overhead(args, counts: list[int], clip: Path, loops: int) -> None:
     results["load_after"] = os.getloadavg()
     results["overhead_cpu_per_frame"] = {
         n: pair_overheads([(x["plain"], x["ray_one_actor"]) for x in runs]) for n, runs in results["runs"].items()}
-    results["ray_daemons_ms_per_frame_median"] = {
-        n: statistics.median([x["ray_one_actor"].get("steady_cpu_ms_per_frame_ray_daemons") or 0.0 for x in runs])
-        for n, runs in results["runs"].items()}
+    daemons = {n: [x["ray_one_actor"]["steady_cpu_ms_per_frame_ray_daemons"] for x in runs
+                   if x["ray_one_actor"].get("steady_cpu_ms_per_frame_ray_daemons") is not None]
+               for n, runs in results["runs"].items()}
+    results["ray_daemons_ms_per_frame_median"] = {n: statistics.median(v) if v else None for n, v in daemons.items()}
     if sat:
         results["overhead_throughput"] = {
             n: pair_overheads([(x["plain"], x["ray_one_actor"]) for x in runs], key="steady_fps",

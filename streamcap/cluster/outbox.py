@@ -172,6 +172,8 @@ class SnapshotOutbox(EventStore):
         """The driver has these (None: everything sent so far). Whatever the last answer carried
         and the driver did not acknowledge was lost with that answer: it goes out again first."""
         with self._lock:
+            if not names and not self._in_flight:
+                return  # nothing sent since the last call, nothing acknowledged
             if names is None:
                 got = {n for n, _ in self._in_flight}
             else:
